@@ -1,0 +1,199 @@
+"""The ``gan-pipe`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from .errors import GanPipeError, RecipeError, UserError
+
+app = typer.Typer(
+    name="gan-pipe",
+    help="Run GAN experiments from TOML recipes; every run is tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RecipeArg = Annotated[
+    Path, typer.Argument(help="recipe file, e.g. recipes/dcgan.toml", show_default=False)
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", help="override a key: --set train.lr=1e-4 (repeatable)", show_default=False
+    ),
+]
+
+
+def _err(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+
+
+def _load(recipe: Path, overrides: list[str] | None):
+    from .facade import Plugins
+    from .manager import failure_lines, load_plugins
+    from .recipe import load_recipe
+
+    ps = load_plugins()
+    for line in failure_lines(ps):
+        typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
+    plugins = Plugins(ps)
+    return load_recipe(recipe, plugins.registry, overrides), plugins
+
+
+def _fail(e: BaseException) -> typer.Exit:
+    if isinstance(e, RecipeError):
+        _err(str(e))
+        typer.echo("Nothing was run and nothing was written to MLflow.", err=True)
+    else:
+        _err(str(e))
+    return typer.Exit(getattr(e, "exit_code", 2))
+
+
+@app.command()
+def run(recipe: RecipeArg, set_: SetOpt = None) -> None:
+    """Run one experiment: data -> build -> train -> evaluate -> report."""
+    try:
+        resolved, plugins = _load(recipe, set_)
+    except UserError as e:
+        raise _fail(e) from None
+    from .runner import run as run_recipe
+    from .tracking import ui_command
+
+    name = resolved.recipe.experiment.name
+    typer.echo(f"gan-pipe {__version__}: running {name} from {recipe}", err=True)
+    try:
+        result = run_recipe(
+            resolved,
+            plugins,
+            on_stage=lambda s: typer.secho(f"[{s}]", fg=typer.colors.CYAN, err=True),
+        )
+    except KeyboardInterrupt:
+        _err("interrupted; the MLflow run is marked KILLED")
+        raise typer.Exit(130) from None
+    except UserError as e:
+        _err(f"{e} (the MLflow run is marked FAILED)")
+        raise typer.Exit(2) from None
+    except Exception as e:
+        traceback.print_exc()
+        _err(f"the run failed: {type(e).__name__}: {e} (the MLflow run is marked FAILED)")
+        raise typer.Exit(1) from None
+
+    typer.echo("")
+    typer.secho(f"run {result.run_name} finished", fg=typer.colors.GREEN, bold=True)
+    typer.echo(f"  run id:     {result.run_id}")
+    typer.echo(f"  experiment: {name} (id {result.experiment_id})")
+    typer.echo(f"  steps:      {result.steps} on {result.device}")
+    for key, value in sorted(result.results.items()):
+        typer.echo(f"  eval/{key}: {value:.6g}")
+    typer.echo(f"  store:      {result.tracking_uri}")
+    typer.echo(f"Open the MLflow UI: {ui_command(result.tracking_uri)}")
+
+
+@app.command()
+def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
+    """Check a recipe (structure, component names, their params) without running it."""
+    try:
+        resolved, _ = _load(recipe, set_)
+    except UserError as e:
+        raise _fail(e) from None
+    typer.secho(f"{recipe}: valid", fg=typer.colors.GREEN)
+    for path, comp in resolved.components.items():
+        typer.echo(f"  {path:<22} {comp.kind:<13} {comp.name} (plugin {comp.plugin})")
+
+
+@app.command()
+def show(recipe: RecipeArg, set_: SetOpt = None) -> None:
+    """Print the fully resolved recipe (every default filled in) as JSON."""
+    try:
+        resolved, _ = _load(recipe, set_)
+    except UserError as e:
+        raise _fail(e) from None
+    typer.echo(json.dumps(resolved.to_dict(), indent=2))
+
+
+@app.command()
+def plugins(
+    all_: Annotated[bool, typer.Option("--all", help="also list the built-in plugins")] = True,
+    params: Annotated[bool, typer.Option("--params", help="show each component's params")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List plugins, their versions and the components each provides."""
+    from .manager import failure_lines, load_plugins
+
+    ps = load_plugins()
+    infos = ps.describe(include_builtin=all_)
+    if as_json:
+        out = [
+            {
+                "name": i.name,
+                "package": i.distribution,
+                "version": i.version,
+                "builtin": i.builtin,
+                "components": i.components,
+            }
+            for i in infos
+        ]
+        typer.echo(
+            json.dumps({"plugins": out, "failed": [f.__dict__ for f in ps.failures]}, indent=2)
+        )
+        return
+    by_plugin = ps.registry.by_plugin()
+    for info in infos:
+        tag = " (built-in)" if info.builtin else ""
+        typer.secho(f"{info.name}  {info.distribution} {info.version}{tag}", bold=True)
+        for comp in by_plugin.get(info.name, []):
+            desc = f"  {comp.description}" if comp.description else ""
+            typer.echo(f"    {comp.kind:<13} {comp.name:<18}{desc}")
+            if params:
+                for fname, field in comp.params.model_fields.items():
+                    default = field.get_default(call_default_factory=True)
+                    help_ = f"  {field.description}" if field.description else ""
+                    typer.echo(f"        {fname} = {default!r}{help_}")
+    for line in failure_lines(ps):
+        typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of recipes (for editors that check TOML against a schema)."""
+    from .recipe import Recipe
+
+    typer.echo(json.dumps(Recipe.model_json_schema(), indent=2))
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"gan-pipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="print the version"
+        ),
+    ] = False,
+) -> None:
+    """gan-pipe: a plugin-based GAN experiment pipeline with MLflow tracking."""
+
+
+def main() -> None:
+    try:
+        app()
+    except GanPipeError as e:  # a plugin contract error, not the user's fault
+        _err(str(e))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

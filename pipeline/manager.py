@@ -1,0 +1,176 @@
+"""The plugin manager: built-in plugins plus installed packages' entry points.
+
+Built-in plugins are ordinary modules registered through the same hooks a third party uses.
+Installed packages add plugins with an entry point in the group ``gan_pipe``::
+
+    [project.entry-points.gan_pipe]
+    my_gan = "my_gan_package.plugin"
+
+Each entry point is loaded on its own: one that fails to import (or registers a duplicate
+name) is reported with its distribution's name and skipped, so a broken package never breaks
+the CLI. ``GAN_PIPE_STRICT_PLUGINS=1`` re-raises instead (for plugin authors and CI).
+``GAN_PIPE_DISABLE_PLUGINS=name1,name2`` skips the named entry points or distributions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from . import PROJECT, __version__, hookspecs
+from .errors import PluginError
+from .registry import Register, Registry
+
+ENTRY_POINT_GROUP = "gan_pipe"
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "gan_pipe.plugins.stages",
+    "gan_pipe.plugins.data.digits",
+    "gan_pipe.plugins.data.idx",
+    "gan_pipe.plugins.models.dcgan",
+    "gan_pipe.plugins.losses.bce",
+    "gan_pipe.plugins.metrics.parzen",
+    "gan_pipe.plugins.reports.plots",
+)
+
+#: register_* hook name -> the component kind its ``register`` callback defaults to.
+REGISTER_HOOKS: dict[str, str | None] = {
+    "register_datasets": "dataset",
+    "register_architectures": None,  # the role decides: generator or discriminator
+    "register_losses": "loss",
+    "register_metrics": "metric",
+    "register_reports": "report",
+}
+
+
+@dataclass
+class PluginInfo:
+    """One loaded plugin, as ``gan-pipe plugins`` shows it."""
+
+    name: str
+    distribution: str
+    version: str
+    builtin: bool
+    module: str
+    components: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PluginFailure:
+    name: str
+    distribution: str
+    error: str
+    detail: str
+
+
+def _strict() -> bool:
+    return os.environ.get("GAN_PIPE_STRICT_PLUGINS", "").lower() in ("1", "true", "yes")
+
+
+def _disabled() -> set[str]:
+    raw = os.environ.get("GAN_PIPE_DISABLE_PLUGINS", "")
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+class PluginSet:
+    """A plugin manager with its registry filled in."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.infos: dict[str, PluginInfo] = {}
+        self.failures: list[PluginFailure] = []
+
+    # ------------------------------------------------------------ loading
+    def add(
+        self,
+        plugin: ModuleType | object,
+        name: str,
+        distribution: str,
+        version: str,
+        builtin: bool,
+    ) -> None:
+        """Register one plugin object and the components it provides (all or nothing)."""
+        self.pm.register(plugin, name=name)
+        staged = Registry()
+        # Copy what is there so duplicates against earlier plugins are caught in staging.
+        for comp in self.registry:
+            staged.add(comp)
+        try:
+            for hook_name, kind in REGISTER_HOOKS.items():
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin_name != name:
+                        continue
+                    impl.function(register=Register(staged, kind, name))
+        except BaseException:
+            self.pm.unregister(name=name)
+            raise
+        self.registry = staged
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        info = PluginInfo(name, distribution, version, builtin, module)
+        info.components = [f"{c.kind}:{c.name}" for c in staged if c.plugin == name]
+        self.infos[name] = info
+
+    def load_builtins(self) -> None:
+        for modname in DEFAULT_PLUGINS:
+            module = importlib.import_module(modname)
+            self.add(module, modname, "gan-pipe", __version__, builtin=True)
+
+    def load_entry_points(self) -> None:
+        disabled = _disabled()
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist else "?"
+            version = ep.dist.version if ep.dist else "?"
+            if ep.name in disabled or dist in disabled:
+                continue
+            if ep.name in self.infos or self.pm.has_plugin(ep.name):
+                continue
+            try:
+                obj = ep.load()
+                self.add(obj, ep.name, dist, version, builtin=False)
+            except Exception as e:  # a third party's bug must not break the CLI
+                if _strict():
+                    raise
+                self.failures.append(
+                    PluginFailure(
+                        ep.name,
+                        dist,
+                        f"{type(e).__name__}: {e}",
+                        traceback.format_exc(),
+                    )
+                )
+
+    def describe(self, include_builtin: bool = True) -> list[PluginInfo]:
+        return [i for i in self.infos.values() if include_builtin or not i.builtin]
+
+
+def load_plugins(
+    entry_points: bool = True, extra: list[tuple[Any, str]] | None = None
+) -> PluginSet:
+    """Built-ins, then ``extra`` (object, name) pairs (tests use this), then entry points."""
+    ps = PluginSet()
+    ps.load_builtins()
+    for obj, name in extra or []:
+        ps.add(obj, name, name, "local", builtin=False)
+    if entry_points:
+        ps.load_entry_points()
+    return ps
+
+
+def failure_lines(ps: PluginSet) -> list[str]:
+    return [
+        f"plugin {f.name!r} from package {f.distribution!r} failed to load and was skipped: "
+        f"{f.error} (set GAN_PIPE_STRICT_PLUGINS=1 to see the traceback)"
+        for f in ps.failures
+    ]
+
+
+__all__ = ["PluginSet", "load_plugins", "PluginError", "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP"]

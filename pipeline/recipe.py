@@ -1,0 +1,346 @@
+"""Recipes: TOML files validated by pydantic, each component validating its own params.
+
+Loading a recipe is three steps, all before anything is written to MLflow:
+
+1. parse the TOML and apply ``--set a.b=c`` overrides;
+2. validate the structure against :class:`Recipe` (unknown keys are errors);
+3. resolve every ``name`` against the plugin registry and validate its ``params`` table
+   against that component's own model.
+
+Every problem is collected and reported at once, naming the file, the key path, the value,
+what was expected and close matches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import RecipeError, close_matches
+from .registry import Component, Registry
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentRef(_Strict):
+    """``name`` picks a registered component; ``params`` is validated by that component."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Experiment(_Strict):
+    name: str = Field(description="MLflow experiment name; runs are named after it")
+    seed: int = Field(0, description="seed of torch, numpy and Python's random")
+    device: str = Field(
+        "auto", description="'auto' (GPU when there is one), 'cpu', 'cuda', 'cuda:1'"
+    )
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow tags")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        ok = (
+            v in ("auto", "cpu", "mps")
+            or v == "cuda"
+            or (v.startswith("cuda:") and v[5:].isdigit())
+        )
+        if not ok:
+            raise ValueError("expected 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
+        return v
+
+
+class Model(_Strict):
+    generator: ComponentRef
+    discriminator: ComponentRef
+
+
+class Noise(_Strict):
+    distribution: Literal["normal", "uniform"] = Field(
+        "normal", description="normal: N(0, I); uniform: U(-1, 1)"
+    )
+    dim: int = Field(100, gt=0, description="size of z")
+
+
+class OptimizerOverride(_Strict):
+    """Per-network optimiser settings; anything left out comes from ``[train]``."""
+
+    optimizer: Literal["adam", "rmsprop", "sgd"] | None = None
+    lr: float | None = Field(None, gt=0)
+    betas: tuple[float, float] | None = None
+    momentum: float | None = Field(None, ge=0)
+    weight_decay: float | None = Field(None, ge=0)
+
+
+class Train(_Strict):
+    batch_size: int = Field(128, gt=0)
+    epochs: float | None = Field(None, gt=0, description="passes over the training set")
+    steps: int | None = Field(None, gt=0, description="generator steps (overrides epochs)")
+    n_critic: int = Field(1, gt=0, description="discriminator steps per generator step")
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    momentum: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    generator: OptimizerOverride = Field(default_factory=OptimizerOverride)
+    discriminator: OptimizerOverride = Field(default_factory=OptimizerOverride)
+    amp: Literal["auto", "off", "bf16"] = Field(
+        "auto", description="mixed precision: auto = bf16 on CUDA, off on CPU"
+    )
+    log_every: int = Field(10, gt=0, description="log losses every N generator steps")
+    sample_every: int = Field(
+        0, ge=0, description="log a sample grid every N steps (0: 10 per run)"
+    )
+    eval_every: int = Field(
+        0, ge=0, description="run the metrics every N steps (0: only at the end)"
+    )
+    checkpoint_every: int = Field(
+        0, ge=0, description="save a checkpoint every N steps (0: at the end)"
+    )
+    progress: bool = True
+
+    def optimizer_for(self, net: Literal["generator", "discriminator"]) -> dict[str, Any]:
+        """Resolved optimiser settings of one network."""
+        override = getattr(self, net)
+        keys = ("optimizer", "lr", "betas", "momentum", "weight_decay")
+        return {
+            k: (getattr(override, k) if getattr(override, k) is not None else getattr(self, k))
+            for k in keys
+        }
+
+
+class Evaluate(_Strict):
+    n_samples: int = Field(10000, gt=0, description="generator samples drawn for the metrics")
+    metrics: list[ComponentRef] = Field(default_factory=list)
+
+
+class Recipe(_Strict):
+    """A whole experiment."""
+
+    experiment: Experiment
+    data: ComponentRef
+    model: Model
+    loss: ComponentRef
+    noise: Noise = Field(default_factory=Noise)
+    train: Train = Field(default_factory=Train)
+    evaluate: Evaluate = Field(default_factory=Evaluate)
+    report: list[ComponentRef] = Field(default_factory=list)
+
+
+@dataclass
+class ResolvedRecipe:
+    """A validated recipe with every component looked up and its params validated."""
+
+    recipe: Recipe
+    source: str
+    text: str
+    components: dict[str, Component]
+    params: dict[str, BaseModel]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe with every default filled in, component params included."""
+        out = self.recipe.model_dump(mode="json")
+        for path, model in self.params.items():
+            node: Any = out
+            parts = path.split(".")
+            for p in parts:
+                node = node[int(p)] if isinstance(node, list) else node[p]
+            node["params"] = model.model_dump(mode="json")
+        return out
+
+
+# ---------------------------------------------------------------- TOML + overrides
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-4"`` -> (["train", "lr"], 1e-4). Values are TOML; bare words are strings."""
+    if "=" not in item:
+        raise RecipeError("--set", [f"{item!r}: expected KEY=VALUE, e.g. train.lr=1e-4"])
+    key, _, raw = item.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise RecipeError(
+            "--set", [f"{item!r}: the key path {key!r} is empty or has an empty part"]
+        )
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(path[: i + 1])
+                raise RecipeError(
+                    "--set", [f"{where}: no list item {part!r} (list has {len(node)})"]
+                )
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                where = ".".join(path[: i + 1])
+                raise RecipeError("--set", [f"{where} is a value ({node!r}), not a table"])
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise RecipeError("--set", [f"{'.'.join(path)}: no list item {last!r}"])
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_toml(path: Path) -> tuple[dict[str, Any], str]:
+    if not path.exists():
+        raise RecipeError(str(path), [f"file not found (looked in {path.resolve().parent})"])
+    if path.is_dir():
+        raise RecipeError(str(path), ["is a directory; give a recipe .toml file"])
+    text = path.read_text(encoding="utf-8")
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(str(path), [f"not valid TOML: {e}"]) from None
+
+
+# ---------------------------------------------------------------- error messages
+def _describe_expected(err: dict[str, Any]) -> str:
+    msg = err.get("msg", "")
+    ctx = err.get("ctx") or {}
+    if err["type"] == "literal_error" and "expected" in ctx:
+        return f"expected one of {ctx['expected']}"
+    return msg[0].lower() + msg[1:] if msg else err["type"]
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) model found at ``loc``, for 'did you mean' hints."""
+    cls: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return []
+        field = cls.model_fields.get(part)
+        if field is None:
+            return []
+        cls = field.annotation
+        while get_origin(cls) is not None:
+            args = [a for a in get_args(cls) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if not args:
+                return []
+            cls = args[0]
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return list(cls.model_fields)
+    return []
+
+
+def _format_loc(prefix: str, loc: tuple[Any, ...]) -> str:
+    parts = [prefix] if prefix else []
+    parts += [str(p) for p in loc]
+    return ".".join(parts) or "(top level)"
+
+
+def format_validation_errors(
+    exc: ValidationError, model: type[BaseModel], prefix: str = ""
+) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = _format_loc(prefix, loc)
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(model, loc[:-1])
+            hint = close_matches(str(loc[-1]), known)
+            msg = f"{where} = {value!r}: unknown key"
+            if hint:
+                msg += f"; did you mean {', '.join(repr(h) for h in hint)}?"
+            elif known:
+                msg += f"; allowed keys here: {', '.join(known)}"
+            problems.append(msg)
+        elif err["type"] == "missing":
+            problems.append(f"{where}: required key is missing")
+        else:
+            problems.append(f"{where} = {value!r}: {_describe_expected(err)}")
+    return problems
+
+
+# ---------------------------------------------------------------- entry point
+def component_refs(recipe: Recipe) -> list[tuple[str, str, ComponentRef]]:
+    """(key path, kind, ref) of every component a recipe names."""
+    refs = [
+        ("data", "dataset", recipe.data),
+        ("model.generator", "generator", recipe.model.generator),
+        ("model.discriminator", "discriminator", recipe.model.discriminator),
+        ("loss", "loss", recipe.loss),
+    ]
+    refs += [(f"evaluate.metrics.{i}", "metric", m) for i, m in enumerate(recipe.evaluate.metrics)]
+    refs += [(f"report.{i}", "report", r) for i, r in enumerate(recipe.report)]
+    return refs
+
+
+def resolve(
+    data: dict[str, Any], registry: Registry, source: str, text: str = ""
+) -> ResolvedRecipe:
+    """Validate a parsed recipe against the schema and the registered components."""
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(source, format_validation_errors(e, Recipe)) from None
+
+    problems: list[str] = []
+    components: dict[str, Component] = {}
+    params: dict[str, BaseModel] = {}
+    for path, kind, ref in component_refs(recipe):
+        if not registry.has(kind, ref.name):
+            known = registry.names(kind)
+            hint = close_matches(ref.name, known)
+            msg = f"{path}.name = {ref.name!r}: unknown {kind}"
+            msg += f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
+            msg += f" (known: {', '.join(known) or 'none'})"
+            problems.append(msg)
+            continue
+        comp = registry.get(kind, ref.name)
+        try:
+            params[path] = comp.validate_params(ref.params)
+            components[path] = comp
+        except ValidationError as e:
+            problems += format_validation_errors(e, comp.params, prefix=f"{path}.params")
+    if problems:
+        raise RecipeError(source, problems)
+    return ResolvedRecipe(recipe, source, text, components, params)
+
+
+def load_recipe(
+    path: str | Path, registry: Registry, overrides: list[str] | None = None
+) -> ResolvedRecipe:
+    """Load, override and validate a recipe file. Raises :class:`RecipeError`."""
+    path = Path(path)
+    data, text = load_toml(path)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        try:
+            apply_override(data, keys, value)
+        except RecipeError as e:
+            raise RecipeError(str(path), e.problems) from None
+    return resolve(data, registry, str(path), text)
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}`` (lists use indices)."""
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, list) and any(isinstance(x, dict | list) for x in d):
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = d
+    return out

@@ -1,0 +1,139 @@
+"""Named components: what plugins register and recipes refer to by name.
+
+A plugin registers each component once, through a ``register_*`` hook, with a name, a
+factory and its own pydantic params model. The recipe's ``name = "..."`` picks the
+component; its ``params`` table is validated against that model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import PluginError, UserError, did_you_mean
+
+#: The kinds of components, in the order the stages use them.
+KINDS = ("dataset", "generator", "discriminator", "loss", "metric", "report")
+
+
+class NoParams(BaseModel):
+    """Params model of a component that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component.
+
+    ``factory(params)`` builds it; ``params`` is the pydantic model its recipe table is
+    validated against (``extra="forbid"`` is recommended so typos are caught).
+    """
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    params: type[BaseModel] = NoParams
+    description: str = ""
+    plugin: str = "?"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate_params(self, raw: dict[str, Any] | None) -> BaseModel:
+        """Validate a recipe's params table (raises pydantic.ValidationError)."""
+        return self.params.model_validate(raw or {})
+
+
+class Registry:
+    """All components, by kind and name."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
+
+    def add(self, component: Component) -> None:
+        if component.kind not in self._by_kind:
+            raise PluginError(
+                f"plugin {component.plugin!r} registered {component.name!r} as unknown kind "
+                f"{component.kind!r}; kinds are {', '.join(KINDS)}"
+            )
+        if not component.name or not isinstance(component.name, str):
+            raise PluginError(
+                f"plugin {component.plugin!r} registered a {component.kind} without a name"
+            )
+        table = self._by_kind[component.kind]
+        if component.name in table:
+            other = table[component.name]
+            raise PluginError(
+                f"{component.kind} {component.name!r} is registered twice: by plugin "
+                f"{other.plugin!r} and by plugin {component.plugin!r}; uninstall one of them"
+            )
+        table[component.name] = component
+
+    def get(self, kind: str, name: str) -> Component:
+        table = self._by_kind[kind]
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise UserError(f"unknown {kind} {name!r}{did_you_mean(name, table)} (known: {known})")
+        return table[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._by_kind[kind])
+
+    def has(self, kind: str, name: str) -> bool:
+        return name in self._by_kind[kind]
+
+    def __iter__(self) -> Iterator[Component]:
+        for kind in KINDS:
+            yield from self._by_kind[kind].values()
+
+    def by_plugin(self) -> dict[str, list[Component]]:
+        out: dict[str, list[Component]] = {}
+        for comp in self:
+            out.setdefault(comp.plugin, []).append(comp)
+        return out
+
+
+class Register:
+    """The ``register`` callback handed to a ``register_*`` hook.
+
+    Call it once per component::
+
+        register("dcgan", DCGANGenerator, params=DCGANGeneratorParams, role="generator")
+
+    New keyword arguments may be added in later versions without breaking plugins.
+    """
+
+    def __init__(self, registry: Registry, kind: str | None, plugin: str):
+        self._registry = registry
+        self._kind = kind
+        self._plugin = plugin
+
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        *,
+        params: type[BaseModel] = NoParams,
+        description: str = "",
+        role: str | None = None,
+        **extra: Any,
+    ) -> None:
+        kind = role or self._kind
+        if kind is None:
+            raise PluginError(
+                f"plugin {self._plugin!r}: architectures need role='generator' or "
+                f"role='discriminator' when registering {name!r}"
+            )
+        if self._kind is None and role not in ("generator", "discriminator"):
+            raise PluginError(
+                f"plugin {self._plugin!r}: role of architecture {name!r} must be "
+                f"'generator' or 'discriminator', not {role!r}"
+            )
+        if not (isinstance(params, type) and issubclass(params, BaseModel)):
+            raise PluginError(
+                f"plugin {self._plugin!r}: params of {name!r} must be a pydantic model class"
+            )
+        doc = description or (factory.__doc__ or "").strip().split("\n")[0]
+        self._registry.add(Component(kind, name, factory, params, doc, self._plugin, dict(extra)))

@@ -1,0 +1,177 @@
+"""The one place that talks to MLflow: store selection, buffering, naming, run lifecycle.
+
+* No ``MLFLOW_TRACKING_URI``: an embedded sqlite store ``./mlflow.db`` with artifacts under
+  ``./mlartifacts`` (absolute paths), so ``mlflow ui --backend-store-uri sqlite:///mlflow.db``
+  shows every run made in this directory. With the variable set, that server or store.
+* Metrics are buffered in memory and sent with asynchronous ``log_batch`` calls: one
+  synchronous ``log_metric`` costs ~5 ms on sqlite, far more than a small training step.
+  The buffer is flushed when it fills, at evaluation and at the end (also on error).
+* The run's status tells the truth: FINISHED, FAILED (with the error as a tag and an
+  artifact), KILLED on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: MLflow accepts at most 1000 metrics per log_batch call.
+MAX_BATCH = 1000
+MAX_PARAM_LEN = 6000
+
+
+def default_store(cwd: Path | None = None) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for new experiments or None for the server's)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri, None
+    cwd = (cwd or Path.cwd()).resolve()
+    return f"sqlite:///{cwd / 'mlflow.db'}", (cwd / "mlartifacts").as_uri()
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        try:
+            shown = path.relative_to(Path.cwd())
+        except ValueError:
+            shown = path
+        return f"mlflow ui --backend-store-uri sqlite:///{shown}"
+    if uri.startswith(("http://", "https://", "databricks")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+class Tracker:
+    """Logging for one MLflow run. Plugins log through ``ctx.tracker``."""
+
+    def __init__(self, experiment: str, run_name: str, tags: dict[str, str] | None = None):
+        import mlflow
+        from mlflow import MlflowClient
+
+        # MLflow's own chatter about stores and schema migrations is not the user's business.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.uri, artifact_location = default_store()
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            exp_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+        else:
+            exp_id = exp.experiment_id
+        self.experiment_id = exp_id
+        self._mlflow = mlflow
+        self.run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags or {})
+        self.run_id: str = self.run.info.run_id
+        self._buffer: list[Any] = []
+        self._pending: list[Any] = []
+        self._closed = False
+
+    # ------------------------------------------------------------ metrics
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffer metric values for ``step``; sent asynchronously in batches."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+        if len(self._buffer) >= MAX_BATCH:
+            self.flush(wait=False)
+
+    def flush(self, wait: bool = True) -> None:
+        """Send buffered metrics; with ``wait``, block until every batch has landed."""
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+            op = self.client.log_batch(self.run_id, metrics=chunk, synchronous=False)
+            if op is not None:
+                self._pending.append(op)
+        if wait:
+            for op in self._pending:
+                op.wait()
+            self._pending.clear()
+
+    # ------------------------------------------------------------ params, tags
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        if items:
+            self.client.log_batch(self.run_id, tags=items, synchronous=True)
+
+    # ------------------------------------------------------------ artifacts
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """An image series: the UI shows one slider over steps per ``key``."""
+        self.client.log_image(self.run_id, image, key=key, step=int(step), synchronous=False)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
+        """Log a torch module as an MLflow model (loadable with ``mlflow.pytorch.load_model``)."""
+        import mlflow.pytorch
+        import torch
+
+        from . import __version__
+
+        mlflow.pytorch.log_model(
+            model,
+            name=name,
+            input_example=input_example,
+            # Explicit requirements: inferring them loads the model in a subprocess (slow).
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"gan-pipe=={__version__}",
+            ],
+        )
+
+    # ------------------------------------------------------------ lifecycle
+    def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+        """Flush everything and close the run with ``status``; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush(wait=True)
+            if error is not None:
+                msg = f"{type(error).__name__}: {error}"
+                self.set_tags({"gan_pipe.error": msg[:5000]})
+                self.log_text(
+                    "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+                    "error.txt",
+                )
+        finally:
+            try:
+                self._mlflow.flush_async_logging()
+            finally:
+                self._mlflow.end_run(status=status)
+
+
+def _param_value(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 3] + "..."

@@ -1,0 +1,84 @@
+"""Binary cross-entropy GAN losses on discriminator logits (Goodfellow et al. 2014).
+
+``minimax``: the original saturating game, D maximises E log D(x) + E log(1 - D(G(z))) and G
+minimises E log(1 - D(G(z))). ``non-saturating``: G maximises E log D(G(z)) instead, and D's
+labels can be smoothed one-sidedly (real 0.9, fake 0: Salimans et al. 2016).
+
+Both log ``d_real``/``d_fake`` (mean D probabilities) and ``js_estimate``: at D's optimum
+V(D, G) = 2 JS(p_data || p_g) - log 4, so (log 4 - d_loss) / 2 estimates the JS divergence
+in nats (an estimate: D is never optimal, and smoothed labels bias it).
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gan_pipe import hookimpl
+from gan_pipe.context import LossInputs
+
+LOG4 = math.log(4.0)
+
+
+class MinimaxParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NonSaturatingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    real_label: float = Field(1.0, ge=0, le=1, description="0.9 = one-sided label smoothing")
+    fake_label: float = Field(0.0, ge=0, le=1, description="keep 0: smoothing fakes hurts G")
+
+
+def _bce(logits, target: float):
+    import torch.nn.functional as F
+
+    logits = logits.float().reshape(-1)
+    return F.binary_cross_entropy_with_logits(logits, logits.new_full(logits.shape, target))
+
+
+def _d_terms(x: LossInputs, real_label: float, fake_label: float):
+    import torch
+
+    loss = _bce(x.d_real, real_label) + _bce(x.d_fake, fake_label)
+    extras = {
+        "d_real": torch.sigmoid(x.d_real.float()).mean(),
+        "d_fake": torch.sigmoid(x.d_fake.float()).mean(),
+        "js_estimate": (LOG4 - loss.detach()) / 2,
+    }
+    return loss, extras
+
+
+class MinimaxLoss:
+    """min_G max_D E[log D(x)] + E[log(1 - D(G(z)))] (saturating generator loss)."""
+
+    def __init__(self, params: MinimaxParams | None = None):
+        self.params = params or MinimaxParams()
+
+    def discriminator_loss(self, x: LossInputs):
+        return _d_terms(x, 1.0, 0.0)
+
+    def generator_loss(self, x: LossInputs):
+        # log(1 - sigmoid(l)) = -BCE(l, 0): G minimises it.
+        return -_bce(x.d_fake, 0.0), {}
+
+
+class NonSaturatingLoss:
+    """D: BCE with (optionally smoothed) labels; G: maximise log D(G(z))."""
+
+    def __init__(self, params: NonSaturatingParams | None = None):
+        self.params = params or NonSaturatingParams()
+
+    def discriminator_loss(self, x: LossInputs):
+        return _d_terms(x, self.params.real_label, self.params.fake_label)
+
+    def generator_loss(self, x: LossInputs):
+        return _bce(x.d_fake, 1.0), {}
+
+
+@hookimpl
+def register_losses(register) -> None:
+    register("minimax", MinimaxLoss, params=MinimaxParams)
+    register("non-saturating", NonSaturatingLoss, params=NonSaturatingParams)

@@ -1,0 +1,98 @@
+"""The built-in implementations of the five stages.
+
+Each stage looks up the components the recipe names (already validated by the core) and
+calls their factories. A third party replaces a stage by implementing the same hook and
+returning a result first (``tryfirst=True``), or wraps it with ``wrapper=True``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gan_pipe import hookimpl
+from gan_pipe.context import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from gan_pipe.context import RunContext
+
+
+def _make(ctx: RunContext, path: str, *args: Any) -> Any:
+    return ctx.components[path].factory(ctx.params[path], *args)
+
+
+def make_noise(distribution: str, dim: int, device: torch.device):
+    """A sampler ``noise(n, generator=None) -> (n, dim)`` on ``device``."""
+    import torch
+
+    def noise(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if distribution == "uniform":
+            return torch.rand(n, dim, device=device, generator=generator).mul_(2).sub_(1)
+        return torch.randn(n, dim, device=device, generator=generator)
+
+    return noise
+
+
+@hookimpl
+def gan_pipe_data(ctx: RunContext):
+    dataset = _make(ctx, "data")
+    ctx.dataset = dataset
+    ctx.tracker.log_params(
+        {f"data.info.{k}": v for k, v in dataset.info.items() if isinstance(v, int | float | str)}
+        | {"data.shape": "x".join(map(str, dataset.shape)), "data.n_train": len(dataset.train)}
+    )
+    return dataset
+
+
+@hookimpl
+def gan_pipe_build(ctx: RunContext):
+    assert ctx.dataset is not None
+    spec = ModelSpec(data_shape=ctx.dataset.shape, z_dim=ctx.recipe.noise.dim)
+    ctx.generator = _make(ctx, "model.generator", spec).to(ctx.device)
+    ctx.discriminator = _make(ctx, "model.discriminator", spec).to(ctx.device)
+    ctx.loss = _make(ctx, "loss")
+    ctx.noise = make_noise(ctx.recipe.noise.distribution, ctx.recipe.noise.dim, ctx.device)
+    counts = {}
+    for name, net in (("generator", ctx.generator), ("discriminator", ctx.discriminator)):
+        counts[f"model.{name}.n_params"] = sum(p.numel() for p in net.parameters())
+        counts[f"model.{name}.n_trainable"] = sum(
+            p.numel() for p in net.parameters() if p.requires_grad
+        )
+    ctx.tracker.log_params(counts)
+    ctx.state["param_counts"] = counts
+    return ctx.generator
+
+
+@hookimpl
+def gan_pipe_train(ctx: RunContext):
+    from gan_pipe.plugins.train import Trainer
+
+    return Trainer(ctx).fit()
+
+
+@hookimpl
+def gan_pipe_evaluate(ctx: RunContext) -> dict[str, float]:
+    results: dict[str, float] = {}
+    for i in range(len(ctx.recipe.evaluate.metrics)):
+        metric = _make(ctx, f"evaluate.metrics.{i}")
+        results.update(metric.compute(ctx))
+    return results
+
+
+@hookimpl
+def gan_pipe_report(ctx: RunContext) -> None:
+    for i in range(len(ctx.recipe.report)):
+        _make(ctx, f"report.{i}").run(ctx)
+    _log_generator(ctx)
+
+
+def _log_generator(ctx: RunContext) -> None:
+    """The trained generator as an MLflow model: ``mlflow.pytorch.load_model(uri)(z)``."""
+    assert ctx.generator is not None and ctx.noise is not None
+    gen = ctx.generator.eval().to("cpu")
+    try:
+        example = ctx.noise(2).cpu().numpy()
+        ctx.tracker.log_model(gen, name="generator", input_example=example)
+    finally:
+        ctx.generator.to(ctx.device)

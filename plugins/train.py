@@ -1,0 +1,252 @@
+"""The built-in training loop.
+
+Design choices, all for speed on small nets where overhead dominates:
+
+* the training set lives on the device as one tensor; batches are index slices of a
+  per-epoch permutation (no DataLoader, no workers, no host copies);
+* losses are accumulated as device tensors and read back once per ``log_every`` steps
+  (one host sync), then sent to MLflow in buffered asynchronous batches;
+* bf16 autocast on CUDA when ``train.amp`` allows it.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from gan_pipe.context import LossInputs
+
+if TYPE_CHECKING:
+    from gan_pipe.context import RunContext
+
+
+def make_optimizer(params: Any, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    name = settings["optimizer"]
+    if name == "adam":
+        return torch.optim.Adam(
+            params,
+            lr=settings["lr"],
+            betas=tuple(settings["betas"]),
+            weight_decay=settings["weight_decay"],
+        )
+    if name == "rmsprop":
+        return torch.optim.RMSprop(
+            params,
+            lr=settings["lr"],
+            momentum=settings["momentum"],
+            weight_decay=settings["weight_decay"],
+        )
+    if name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=settings["lr"],
+            momentum=settings["momentum"],
+            weight_decay=settings["weight_decay"],
+        )
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class BatchSampler:
+    """Endless shuffled batches from a device-resident tensor (drop_last per epoch)."""
+
+    def __init__(self, data: torch.Tensor, batch_size: int):
+        if len(data) < batch_size:
+            raise ValueError(
+                f"train.batch_size = {batch_size} is larger than the training set "
+                f"({len(data)} rows)"
+            )
+        self.data, self.batch_size = data, batch_size
+        self.per_epoch = len(data) // batch_size
+        self._perm = torch.empty(0, dtype=torch.long, device=data.device)
+        self._i = self.per_epoch
+        self.batches_drawn = 0
+
+    def next(self) -> torch.Tensor:
+        if self._i >= self.per_epoch:
+            self._perm = torch.randperm(len(self.data), device=self.data.device)
+            self._i = 0
+        idx = self._perm[self._i * self.batch_size : (self._i + 1) * self.batch_size]
+        self._i += 1
+        self.batches_drawn += 1
+        return self.data.index_select(0, idx)
+
+
+def total_steps(train: Any, n_rows: int) -> int:
+    """Generator steps to run: ``train.steps``, or ``train.epochs`` passes of real batches."""
+    if train.steps is not None:
+        return int(train.steps)
+    epochs = train.epochs if train.epochs is not None else 1.0
+    per_epoch = max(1, n_rows // train.batch_size)
+    return max(1, math.ceil(epochs * per_epoch / train.n_critic))
+
+
+class Trainer:
+    def __init__(self, ctx: RunContext):
+        assert ctx.dataset is not None and ctx.generator is not None
+        assert ctx.discriminator is not None and ctx.loss is not None and ctx.noise is not None
+        self.ctx = ctx
+        self.cfg = ctx.recipe.train
+        self.G, self.D, self.loss, self.noise = (
+            ctx.generator,
+            ctx.discriminator,
+            ctx.loss,
+            ctx.noise,
+        )
+        self.device = ctx.device
+        self.data = ctx.dataset.train.to(self.device, non_blocking=True)
+        self.sampler = BatchSampler(self.data, self.cfg.batch_size)
+        self.opt_g = make_optimizer(self.G.parameters(), self.cfg.optimizer_for("generator"))
+        self.opt_d = make_optimizer(self.D.parameters(), self.cfg.optimizer_for("discriminator"))
+        self.steps = total_steps(self.cfg, len(self.data))
+        use_amp = self.device.type == "cuda" and self.cfg.amp in ("auto", "bf16")
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp)
+        self.sample_every = self.cfg.sample_every or max(1, self.steps // 10)
+        gen = torch.Generator(device=self.device).manual_seed(ctx.recipe.experiment.seed + 12345)
+        self.fixed_noise = self.noise(64, generator=gen)
+        self._acc: dict[str, torch.Tensor] = {}
+        self._acc_counts: dict[str, int] = {}
+        ctx.tracker.log_params(
+            {
+                "train.total_steps": self.steps,
+                "train.amp_enabled": use_amp,
+                "train.batches_per_epoch": self.sampler.per_epoch,
+            }
+        )
+
+    # ------------------------------------------------------------ one step
+    def discriminator_step(self) -> dict[str, torch.Tensor]:
+        real = self.sampler.next()
+        with torch.no_grad(), self.autocast:
+            fake = self.G(self.noise(len(real)))
+        with self.autocast:
+            d_real = self.D(real)
+            d_fake = self.D(fake)
+            loss, extras = self.loss.discriminator_loss(
+                LossInputs(self.D, real, fake.detach(), d_real, d_fake)
+            )
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        after = getattr(self.loss, "after_discriminator_step", None)
+        if after is not None:
+            after(self.D)
+        self._last_real = real
+        return {"d_loss": loss.detach(), **{k: v.detach() for k, v in extras.items()}}
+
+    def generator_step(self) -> dict[str, torch.Tensor]:
+        real = self._last_real
+        with self.autocast:
+            fake = self.G(self.noise(self.cfg.batch_size))
+            d_fake = self.D(fake)
+            loss, extras = self.loss.generator_loss(LossInputs(self.D, real, fake, None, d_fake))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        return {"g_loss": loss.detach(), **{k: v.detach() for k, v in extras.items()}}
+
+    def _drain(self, step: int) -> dict[str, float]:
+        """Means since the last log point: one host sync for every value."""
+        if not self._acc:
+            return {}
+        keys = list(self._acc)
+        counts = self._acc_counts
+        values = torch.stack([self._acc[k] / counts[k] for k in keys]).tolist()
+        self._acc.clear()
+        self._acc_counts = {}
+        metrics = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
+        for k, v in metrics.items():
+            self.ctx.history.setdefault(k, []).append((step, v))
+        self.ctx.tracker.log_metrics(metrics, step)
+        return metrics
+
+    # ------------------------------------------------------------ loop
+    def fit(self) -> int:
+        from gan_pipe.plugins.train_progress import progress_bar
+
+        ctx, cfg = self.ctx, self.cfg
+        self.G.train()
+        self.D.train()
+        listeners = ctx.plugins.has_step_listeners()
+        self._log_samples(0)
+        with progress_bar(
+            self.steps, enabled=cfg.progress, title=ctx.recipe.experiment.name
+        ) as bar:
+            for step in range(1, self.steps + 1):
+                for _ in range(cfg.n_critic):
+                    d_vals = self.discriminator_step()
+                    self._add(d_vals)
+                self._add(self.generator_step())
+                ctx.step = step
+                if listeners:
+                    ctx.plugins.on_train_step(ctx, step)
+                if step % cfg.log_every == 0 or step == self.steps:
+                    bar.show(self._drain(step))
+                if step % self.sample_every == 0 or step == self.steps:
+                    self._log_samples(step)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step != self.steps:
+                    self._evaluate(step)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint(step)
+                bar.advance()
+        self.save_checkpoint(self.steps)
+        ctx.tracker.flush(wait=False)
+        return self.steps
+
+    def _add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            v = v.float()
+            if k in self._acc:
+                self._acc[k] = self._acc[k] + v
+                self._acc_counts[k] += 1
+            else:
+                self._acc[k] = v.clone()
+                self._acc_counts[k] = 1
+
+    def _log_samples(self, step: int) -> None:
+        """A grid of samples at fixed noise: the MLflow UI's per-step image slider."""
+        ds = self.ctx.dataset
+        if ds is None or not ds.is_image:
+            return
+        from gan_pipe.plugins.reports.grid import image_grid, samples_to_images
+
+        was = self.G.training
+        self.G.eval()
+        with torch.no_grad():
+            x = self.G(self.fixed_noise).float().cpu()
+        self.G.train(was)
+        grid = image_grid(samples_to_images(x, ds.shape), nrow=8, value_range=ds.value_range)
+        self.ctx.tracker.log_image(grid, key="samples", step=step)
+
+    def _evaluate(self, step: int) -> None:
+        self.G.eval()
+        try:
+            results = self.ctx.plugins.evaluate(self.ctx)
+        finally:
+            self.G.train()
+        self.ctx.tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, step)
+        for k, v in results.items():
+            self.ctx.history.setdefault(f"eval/{k}", []).append((step, v))
+
+    def checkpoint_state(self, step: int) -> dict[str, Any]:
+        state = {
+            "step": step,
+            "generator": self.G.state_dict(),
+            "discriminator": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "recipe": self.ctx.recipe.model_dump(mode="json"),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save_checkpoint(self, step: int) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"checkpoint-{step:07d}.pt"
+            torch.save(self.checkpoint_state(step), path)
+            self.ctx.tracker.log_artifact(path, "checkpoints")

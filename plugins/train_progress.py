@@ -1,0 +1,88 @@
+"""Training progress: a live bar with losses on a terminal, periodic lines elsewhere (CI logs)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class _Bar:
+    """Live rich bar; ``show`` updates the loss text."""
+
+    def __init__(self, progress=None, task=None) -> None:
+        self._progress, self._task = progress, task
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def show(self, metrics: dict[str, float]) -> None:
+        if self._progress is not None and metrics:
+            self._progress.update(self._task, losses=_fmt(metrics))
+
+
+class _Lines(_Bar):
+    """Off a terminal: one line per ~10% of the run, with the latest losses."""
+
+    def __init__(self, total: int, title: str) -> None:
+        super().__init__()
+        self.total, self.title, self.done = total, title, 0
+        self.every = max(1, total // 10)
+        self.start = time.perf_counter()
+        self.latest = ""
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.done % self.every == 0 or self.done == self.total:
+            el = time.perf_counter() - self.start
+            eta = el / self.done * (self.total - self.done)
+            print(
+                f"train {self.title}: step {self.done}/{self.total} "
+                f"({100 * self.done / self.total:.0f}%, {el:.0f}s elapsed, ~{eta:.0f}s left)  "
+                f"{self.latest}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def show(self, metrics: dict[str, float]) -> None:
+        if metrics:
+            self.latest = _fmt(metrics)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k.removeprefix('train/')} {v:.4g}" for k, v in metrics.items())
+
+
+@contextmanager
+def progress_bar(total: int, enabled: bool = True, title: str = "train") -> Iterator[_Bar]:
+    if not enabled:
+        yield _Bar()
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(file=sys.stderr)
+    if not console.is_terminal:
+        yield _Lines(total, title)
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[losses]}"),
+        console=console,
+    )
+    with progress:
+        task = progress.add_task(f"train {title}", total=total, losses="")
+        yield _Bar(progress, task)

@@ -1,0 +1,70 @@
+"""BCE losses against values computed by hand from the formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gan_pipe.context import LossInputs
+from gan_pipe.plugins.losses.bce import MinimaxLoss, NonSaturatingLoss, NonSaturatingParams
+
+REAL = torch.tensor([0.0, 2.0])  # logits: D = 0.5, 0.8808
+FAKE = torch.tensor([-1.0, 1.0])  # D = 0.2689, 0.7311
+
+
+def sig(v):
+    return 1 / (1 + math.exp(-v))
+
+
+def inputs():
+    return LossInputs(torch.nn.Identity(), torch.zeros(2), torch.zeros(2), REAL, FAKE)
+
+
+def test_minimax_discriminator_loss():
+    loss, extras = MinimaxLoss().discriminator_loss(inputs())
+    expected = (
+        -(math.log(sig(0)) + math.log(sig(2))) / 2
+        - (math.log(1 - sig(-1)) + math.log(1 - sig(1))) / 2
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert extras["d_real"].item() == pytest.approx((sig(0) + sig(2)) / 2, rel=1e-6)
+    assert extras["js_estimate"].item() == pytest.approx((math.log(4) - expected) / 2, rel=1e-6)
+
+
+def test_minimax_generator_is_saturating():
+    loss, _ = MinimaxLoss().generator_loss(inputs())
+    expected = (math.log(1 - sig(-1)) + math.log(1 - sig(1))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_non_saturating_generator():
+    loss, _ = NonSaturatingLoss().generator_loss(inputs())
+    expected = -(math.log(sig(-1)) + math.log(sig(1))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_one_sided_label_smoothing():
+    loss, _ = NonSaturatingLoss(NonSaturatingParams(real_label=0.9)).discriminator_loss(inputs())
+    real = -sum(0.9 * math.log(sig(v)) + 0.1 * math.log(1 - sig(v)) for v in (0.0, 2.0)) / 2
+    fake = -sum(math.log(1 - sig(v)) for v in (-1.0, 1.0)) / 2
+    assert loss.item() == pytest.approx(real + fake, rel=1e-6)
+
+
+def test_optimal_discriminator_js_estimate():
+    # p_data = p_g: the optimal D outputs 1/2 everywhere, so V = -log 4 and JS = 0.
+    zero = torch.zeros(8)
+    x = LossInputs(torch.nn.Identity(), zero, zero, zero, zero)
+    _, extras = MinimaxLoss().discriminator_loss(x)
+    assert extras["js_estimate"].item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_gradients_flow_to_logits():
+    logits = FAKE.clone().requires_grad_()
+    x = LossInputs(torch.nn.Identity(), torch.zeros(2), torch.zeros(2), None, logits)
+    loss, _ = NonSaturatingLoss().generator_loss(x)
+    loss.backward()
+    # d/dl of -log sigmoid(l) / n is -(1 - sigmoid(l)) / n
+    expected = [-(1 - sig(v)) / 2 for v in (-1.0, 1.0)]
+    assert logits.grad.tolist() == pytest.approx(expected, rel=1e-6)

@@ -1,0 +1,222 @@
+"""The CLI as a user meets it: validate, plugins, broken recipes, and a full run read back
+from MLflow with its own client."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from gan_pipe.cli import app
+
+from .conftest import RECIPES, write
+
+runner = CliRunner()
+
+TINY = """
+[experiment]
+name = "tiny"
+seed = 1
+
+[data]
+name = "digits"
+[data.params]
+image_size = 16
+val_size = 100
+test_size = 100
+
+[model.generator]
+name = "dcgan"
+[model.generator.params]
+n_filters = 16
+
+[model.discriminator]
+name = "dcgan"
+[model.discriminator.params]
+n_filters = 8
+
+[noise]
+distribution = "uniform"
+dim = 8
+
+[loss]
+name = "non-saturating"
+[loss.params]
+real_label = 0.9
+
+[train]
+batch_size = 32
+steps = 6
+log_every = 2
+sample_every = 3
+progress = false
+
+[[evaluate.metrics]]
+name = "parzen"
+[evaluate.metrics.params]
+n_samples = 300
+n_val = 50
+n_test = 80
+
+[[report]]
+name = "loss-curves"
+
+[[report]]
+name = "sample-grid"
+[report.params]
+n = 16
+"""
+
+
+def test_help_and_version():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("run", "validate", "plugins", "schema"):
+        assert cmd in res.output
+    assert runner.invoke(app, ["--version"]).output.startswith("gan-pipe ")
+
+
+def test_validate_ok():
+    res = runner.invoke(app, ["validate", str(RECIPES / "dcgan.toml")])
+    assert res.exit_code == 0, res.output
+    assert "valid" in res.output and "model.generator" in res.output
+
+
+def test_plugins_lists_components_and_versions():
+    res = runner.invoke(app, ["plugins"])
+    assert res.exit_code == 0
+    assert "gan_pipe.plugins.models.dcgan" in res.output and "0.1.0" in res.output
+    assert "non-saturating" in res.output and "parzen" in res.output
+    res = runner.invoke(app, ["plugins", "--params"])
+    assert "real_label = 1.0" in res.output
+
+
+@pytest.mark.parametrize(
+    "mutation,expected",
+    [
+        (("[train]", "[train]\nlrr = 1"), "train.lrr = 1: unknown key"),
+        (("steps = 6", 'steps = "six"'), "train.steps = 'six'"),
+        (('name = "non-saturating"', 'name = "wgan-gpp"'), "loss.name = 'wgan-gpp': unknown loss"),
+        (("n_filters = 16", "n_filters = -3"), "model.generator.params.n_filters = -3"),
+        (("[experiment]", "[experiment"), "not valid TOML"),
+    ],
+)
+def test_broken_recipes_exit_2_and_write_nothing(workdir, mutation, expected):
+    path = write(workdir / "bad.toml", TINY.replace(*mutation, 1))
+    res = runner.invoke(app, ["run", str(path)])
+    assert res.exit_code == 2, res.output
+    assert expected in res.output
+    assert str(path) in res.output
+    assert "Traceback" not in res.output
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_bad_override_is_a_recipe_error(workdir):
+    res = runner.invoke(app, ["validate", str(RECIPES / "dcgan.toml"), "--set", "train.lr=fast"])
+    assert res.exit_code == 2 and "train.lr = 'fast'" in res.output
+
+
+def test_console_script_has_no_traceback_for_user_errors(workdir):
+    path = write(workdir / "bad.toml", TINY.replace('"digits"', '"digitz"'))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gan_pipe.cli", "run", str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "did you mean 'digits'" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_missing_gpu_is_a_user_error_before_any_run(workdir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")  # the CPU-only error path cannot be shown here
+    path = write(workdir / "r.toml", TINY)
+    res = runner.invoke(app, ["run", str(path), "--set", "experiment.device=cuda"])
+    assert res.exit_code == 2 and "no usable CUDA GPU" in res.output
+    assert not (workdir / "mlartifacts").exists()
+
+
+def _client(workdir):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def test_run_end_to_end_is_tracked(workdir):
+    path = write(workdir / "tiny.toml", TINY)
+    res = runner.invoke(app, ["run", str(path), "--set", "train.lr=1e-3"])
+    assert res.exit_code == 0, res.output
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in res.output
+    run_id = next(line.split()[-1] for line in res.output.splitlines() if "run id:" in line)
+
+    client = _client(workdir)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("tiny-")
+    p = run.data.params
+    assert p["train.lr"] == "0.001" and p["loss.params.real_label"] == "0.9"
+    assert p["model.generator.params.n_blocks"] == "2"  # component defaults are logged too
+    assert p["evaluate.metrics.0.name"] == "parzen"
+    t = run.data.tags
+    assert t["gan_pipe.version"] == "0.1.0"
+    assert t["gan_pipe.component.loss"].startswith(
+        "non-saturating (plugin gan_pipe.plugins.losses.bce"
+    )
+    assert "torch.version" in t and t["device"].startswith("cpu")
+
+    hist = client.get_metric_history(run_id, "train/d_loss")
+    assert [m.step for m in hist] == [2, 4, 6]
+    assert {"train/g_loss", "train/d_real", "train/d_fake", "train/js_estimate"} <= set(
+        run.data.metrics
+    )
+    m = run.data.metrics
+    assert m["eval/parzen_n_samples"] == 300 and m["eval/parzen_n_test"] == 80
+    assert m["eval/parzen_ll"] < 1e6
+
+    def walk(path=None):
+        for f in client.list_artifacts(run_id, path):
+            yield from walk(f.path) if f.is_dir else [f.path]
+
+    files = set(walk())
+    assert {
+        "recipe/recipe.toml",
+        "recipe/resolved.json",
+        "plots/losses.png",
+        "plots/samples.png",
+    } <= files
+    assert "checkpoints/checkpoint-0000006.pt" in files
+    images = [f for f in files if f.startswith("images/")]
+    assert len([f for f in images if f.endswith(".png")]) >= 3  # steps 0, 3, 6 (+ the final grid)
+
+    import mlflow
+    import torch
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    )
+    assert [lm.source_run_id for lm in models] == [run_id]
+    gen = mlflow.pytorch.load_model(models[0].model_uri)
+    out = gen(torch.rand(4, 8) * 2 - 1)
+    assert out.shape == (4, 1, 16, 16)
+
+
+def test_failing_stage_marks_run_failed(workdir, monkeypatch):
+    from gan_pipe.plugins.losses import bce
+
+    def boom(self, x):
+        raise RuntimeError("exploding loss")
+
+    monkeypatch.setattr(bce.NonSaturatingLoss, "generator_loss", boom)
+    path = write(workdir / "tiny.toml", TINY)
+    res = runner.invoke(app, ["run", str(path)])
+    assert res.exit_code == 1
+    assert "exploding loss" in res.output and "FAILED" in res.output
+    runs = _client(workdir).search_runs(experiment_ids=["1"])
+    assert len(runs) == 1
+    assert runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["gan_pipe.failed_stage"] == "train"
+    assert "exploding loss" in runs[0].data.tags["gan_pipe.error"]
