@@ -95,6 +95,7 @@ class RunContext:
     generator: torch.nn.Module | None = None
     discriminator: torch.nn.Module | None = None
     loss: GanLoss | None = None
+    regularizers: list[Any] = field(default_factory=list)
     noise: Callable[[int], torch.Tensor] | None = None
     step: int = 0
     #: ``{"train/d_loss": [(step, value), ...]}``: what was logged during training.

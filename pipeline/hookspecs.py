@@ -60,6 +60,14 @@ def register_losses(register: Register) -> None:
 
 
 @hookspec
+def register_regularizers(register: Register) -> None:
+    """Register loss terms added to an adversarial loss: ``factory(params)`` returns an object
+    with ``generator_term(x)`` and/or ``discriminator_term(x)``, each taking
+    :class:`gan_pipe.context.LossInputs` and returning ``(scalar, extras)`` like a loss does.
+    Feature matching is one: a generator-side term on an intermediate discriminator layer."""
+
+
+@hookspec
 def register_metrics(register: Register) -> None:
     """Register evaluation metrics: ``factory(params)`` returns an object with
     ``compute(ctx) -> dict[str, float]`` (keys without the ``eval/`` prefix)."""

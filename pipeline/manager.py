@@ -34,9 +34,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gan_pipe.plugins.stages",
     "gan_pipe.plugins.data.digits",
     "gan_pipe.plugins.data.idx",
+    "gan_pipe.plugins.data.synthetic",
     "gan_pipe.plugins.models.dcgan",
     "gan_pipe.plugins.losses.bce",
     "gan_pipe.plugins.metrics.parzen",
+    "gan_pipe.plugins.metrics.divergence",
     "gan_pipe.plugins.reports.plots",
 )
 
@@ -45,6 +47,7 @@ REGISTER_HOOKS: dict[str, str | None] = {
     "register_datasets": "dataset",
     "register_architectures": None,  # the role decides: generator or discriminator
     "register_losses": "loss",
+    "register_regularizers": "regularizer",
     "register_metrics": "metric",
     "register_reports": "report",
 }

@@ -63,10 +63,14 @@ class Model(_Strict):
 
 
 class Noise(_Strict):
-    distribution: Literal["normal", "uniform"] = Field(
-        "normal", description="normal: N(0, I); uniform: U(-1, 1)"
+    distribution: Literal["normal", "uniform", "stratified"] = Field(
+        "normal",
+        description="normal: N(0, I); uniform: U(-1, 1); stratified (seed 001): "
+        "linspace(-range, range, n) + U(0, jitter) in every dimension",
     )
     dim: int = Field(100, gt=0, description="size of z")
+    range: float = Field(8.0, gt=0, description="stratified noise: half-width of the grid")
+    jitter: float = Field(0.01, ge=0, description="stratified noise: width of the uniform jitter")
 
 
 class OptimizerOverride(_Strict):
@@ -89,6 +93,14 @@ class Train(_Strict):
     betas: tuple[float, float] = (0.5, 0.999)
     momentum: float = Field(0.0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "exponential"] = Field(
+        "constant", description="exponential: lr * decay_rate ** (optimizer steps / decay_steps)"
+    )
+    decay_rate: float = Field(0.95, gt=0, le=1)
+    decay_steps: int = Field(150, gt=0)
+    staircase: bool = Field(
+        True, description="decay in steps (integer division), as TF's staircase"
+    )
     generator: OptimizerOverride = Field(default_factory=OptimizerOverride)
     discriminator: OptimizerOverride = Field(default_factory=OptimizerOverride)
     amp: Literal["auto", "off", "bf16"] = Field(
@@ -128,6 +140,9 @@ class Recipe(_Strict):
     data: ComponentRef
     model: Model
     loss: ComponentRef
+    regularizers: list[ComponentRef] = Field(
+        default_factory=list, description="extra loss terms, e.g. feature matching"
+    )
     noise: Noise = Field(default_factory=Noise)
     train: Train = Field(default_factory=Train)
     evaluate: Evaluate = Field(default_factory=Evaluate)
@@ -280,6 +295,7 @@ def component_refs(recipe: Recipe) -> list[tuple[str, str, ComponentRef]]:
         ("model.discriminator", "discriminator", recipe.model.discriminator),
         ("loss", "loss", recipe.loss),
     ]
+    refs += [(f"regularizers.{i}", "regularizer", r) for i, r in enumerate(recipe.regularizers)]
     refs += [(f"evaluate.metrics.{i}", "metric", m) for i, m in enumerate(recipe.evaluate.metrics)]
     refs += [(f"report.{i}", "report", r) for i, r in enumerate(recipe.report)]
     return refs

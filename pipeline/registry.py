@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from .errors import PluginError, UserError, did_you_mean
 
 #: The kinds of components, in the order the stages use them.
-KINDS = ("dataset", "generator", "discriminator", "loss", "metric", "report")
+KINDS = ("dataset", "generator", "discriminator", "loss", "regularizer", "metric", "report")
 
 
 class NoParams(BaseModel):

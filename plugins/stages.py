@@ -22,13 +22,22 @@ def _make(ctx: RunContext, path: str, *args: Any) -> Any:
     return ctx.components[path].factory(ctx.params[path], *args)
 
 
-def make_noise(distribution: str, dim: int, device: torch.device):
-    """A sampler ``noise(n, generator=None) -> (n, dim)`` on ``device``."""
+def make_noise(
+    distribution: str, dim: int, device: torch.device, range: float = 8.0, jitter: float = 0.01
+):
+    """A sampler ``noise(n, generator=None) -> (n, dim)`` on ``device``.
+
+    ``stratified`` is seed 001's: an evenly spaced grid over [-range, range] plus a small
+    uniform jitter, the same grid in every dimension.
+    """
     import torch
 
     def noise(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if distribution == "uniform":
             return torch.rand(n, dim, device=device, generator=generator).mul_(2).sub_(1)
+        if distribution == "stratified":
+            grid = torch.linspace(-range, range, n, device=device).unsqueeze(1).expand(n, dim)
+            return grid + torch.rand(n, dim, device=device, generator=generator) * jitter
         return torch.randn(n, dim, device=device, generator=generator)
 
     return noise
@@ -52,7 +61,11 @@ def gan_pipe_build(ctx: RunContext):
     ctx.generator = _make(ctx, "model.generator", spec).to(ctx.device)
     ctx.discriminator = _make(ctx, "model.discriminator", spec).to(ctx.device)
     ctx.loss = _make(ctx, "loss")
-    ctx.noise = make_noise(ctx.recipe.noise.distribution, ctx.recipe.noise.dim, ctx.device)
+    ctx.regularizers = [
+        _make(ctx, f"regularizers.{i}") for i in range(len(ctx.recipe.regularizers))
+    ]
+    nz = ctx.recipe.noise
+    ctx.noise = make_noise(nz.distribution, nz.dim, ctx.device, nz.range, nz.jitter)
     counts = {}
     for name, net in (("generator", ctx.generator), ("discriminator", ctx.discriminator)):
         counts[f"model.{name}.n_params"] = sum(p.numel() for p in net.parameters())

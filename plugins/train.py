@@ -50,6 +50,16 @@ def make_optimizer(params: Any, settings: dict[str, Any]) -> torch.optim.Optimiz
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+def make_schedule(opt: torch.optim.Optimizer, train: Any) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-optimizer-step learning-rate schedule (TF's exponential_decay, staircase or not)."""
+    if train.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    rate, every, stair = train.decay_rate, train.decay_steps, train.staircase
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: rate ** (s // every if stair else s / every)
+    )
+
+
 class BatchSampler:
     """Endless shuffled batches from a device-resident tensor (drop_last per epoch)."""
 
@@ -101,6 +111,8 @@ class Trainer:
         self.sampler = BatchSampler(self.data, self.cfg.batch_size)
         self.opt_g = make_optimizer(self.G.parameters(), self.cfg.optimizer_for("generator"))
         self.opt_d = make_optimizer(self.D.parameters(), self.cfg.optimizer_for("discriminator"))
+        self.sched_g = make_schedule(self.opt_g, self.cfg)
+        self.sched_d = make_schedule(self.opt_d, self.cfg)
         self.steps = total_steps(self.cfg, len(self.data))
         use_amp = self.device.type == "cuda" and self.cfg.amp in ("auto", "bf16")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp)
@@ -125,12 +137,13 @@ class Trainer:
         with self.autocast:
             d_real = self.D(real)
             d_fake = self.D(fake)
-            loss, extras = self.loss.discriminator_loss(
-                LossInputs(self.D, real, fake.detach(), d_real, d_fake)
-            )
+            inputs = LossInputs(self.D, real, fake.detach(), d_real, d_fake)
+            loss, extras = self.loss.discriminator_loss(inputs)
+            loss = self._add_terms(loss, extras, "discriminator_term", inputs)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
+        self.sched_d.step()
         after = getattr(self.loss, "after_discriminator_step", None)
         if after is not None:
             after(self.D)
@@ -142,11 +155,25 @@ class Trainer:
         with self.autocast:
             fake = self.G(self.noise(self.cfg.batch_size))
             d_fake = self.D(fake)
-            loss, extras = self.loss.generator_loss(LossInputs(self.D, real, fake, None, d_fake))
+            inputs = LossInputs(self.D, real, fake, None, d_fake)
+            loss, extras = self.loss.generator_loss(inputs)
+            loss = self._add_terms(loss, extras, "generator_term", inputs)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
+        self.sched_g.step()
         return {"g_loss": loss.detach(), **{k: v.detach() for k, v in extras.items()}}
+
+    def _add_terms(self, loss, extras, which: str, inputs: LossInputs):
+        """Add every regulariser's term for this network; extras are logged with the loss."""
+        for reg in self.ctx.regularizers:
+            term = getattr(reg, which, None)
+            if term is None:
+                continue
+            value, more = term(inputs)
+            loss = loss + value
+            extras.update(more)
+        return loss
 
     def _drain(self, step: int) -> dict[str, float]:
         """Means since the last log point: one host sync for every value."""
@@ -158,6 +185,9 @@ class Trainer:
         self._acc.clear()
         self._acc_counts = {}
         metrics = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
+        if self.cfg.lr_schedule != "constant":
+            metrics["train/lr_g"] = self.sched_g.get_last_lr()[0]
+            metrics["train/lr_d"] = self.sched_d.get_last_lr()[0]
         for k, v in metrics.items():
             self.ctx.history.setdefault(k, []).append((step, v))
         self.ctx.tracker.log_metrics(metrics, step)
@@ -238,6 +268,8 @@ class Trainer:
             "discriminator": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "recipe": self.ctx.recipe.model_dump(mode="json"),
         }

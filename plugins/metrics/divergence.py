@@ -1,0 +1,513 @@
+"""Divergences between generated and real samples, and the mode-collapse metric.
+
+Conventions: ``p`` is the data distribution, ``q`` (or G) the generator's; every value is in
+nats. JS is the *divergence* (scipy's ``jensenshannon`` returns its square root), so it lies in
+[0, ln 2]. TV is half the L1 distance between probability vectors, in [0, 1].
+
+Estimators, by dimension (seed-systems section 6):
+
+* 1-D, exact on samples: W1 (``scipy.stats.wasserstein_distance``), the KS statistic.
+* 1-D and 2-D: plug-in KL / JS / TV on a FIXED histogram (bins and range are logged). Mass
+  outside the range falls in one extra "outside" cell, so nothing is silently dropped (on a
+  coarser partition every f-divergence can only shrink, so the result stays a lower bound of
+  the histogram-free value). KL(p||q) is infinite when p has mass in a cell where q has none:
+  then the value returned is the smoothed one and ``*_inf`` = 1 says so. Never NaN.
+* Where the dataset knows its density (``ctx.dataset.log_density``): Monte-Carlo KL with a
+  Gaussian KDE of G (see :func:`density_divergences`).
+* Any dimension: sliced Wasserstein over random directions; in 2-D also exact W1 between
+  equal-size subsamples (an assignment problem).
+
+``modes`` is the VEEGAN / PacGAN protocol on mixtures that declare ``info["modes"]`` and
+``info["mode_std"]`` (see :func:`mode_statistics`).
+
+The functions take numpy arrays or torch tensors (rows are samples) and compute in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gan_pipe import hookimpl
+
+if TYPE_CHECKING:
+    import numpy as np
+
+ArrayLike = Any  # numpy array, torch tensor or nested sequence
+Range = tuple[float, float]
+
+
+# ---------------------------------------------------------------- helpers
+def _np(x: ArrayLike) -> np.ndarray:
+    import numpy as np
+
+    if hasattr(x, "detach"):  # torch tensor, possibly on an accelerator
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def as_rows(x: ArrayLike) -> np.ndarray:
+    """``(N, d)`` float64: a 1-D array is N samples of dimension 1; images are flattened."""
+    a = _np(x)
+    return a.reshape(-1, 1) if a.ndim <= 1 else a.reshape(len(a), -1)
+
+
+def _as_1d(x: ArrayLike) -> np.ndarray:
+    a = as_rows(x)
+    if a.shape[1] != 1:
+        raise ValueError(f"expected 1-D samples, got dimension {a.shape[1]}")
+    return a[:, 0]
+
+
+def _subsample(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return x if len(x) <= n else x[rng.choice(len(x), n, replace=False)]
+
+
+# ---------------------------------------------------------------- 1-D, exact
+def w1_1d(a: ArrayLike, b: ArrayLike) -> float:
+    """Exact W1 between two 1-D empirical distributions (``scipy.stats.wasserstein_distance``)."""
+    from scipy.stats import wasserstein_distance
+
+    return float(wasserstein_distance(_as_1d(a), _as_1d(b)))
+
+
+def ks_1d(a: ArrayLike, b: ArrayLike) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic sup_x |F_a(x) - F_b(x)| (exact, ties handled)."""
+    import numpy as np
+
+    a, b = np.sort(_as_1d(a)), np.sort(_as_1d(b))
+    grid = np.concatenate([a, b])
+    fa = np.searchsorted(a, grid, side="right") / len(a)
+    fb = np.searchsorted(b, grid, side="right") / len(b)
+    return float(np.abs(fa - fb).max())
+
+
+def wasserstein_1d_columns(u: ArrayLike, v: ArrayLike, p: float = 1) -> np.ndarray:
+    """W_p^p between the empirical distributions of each column of ``u`` (n, P) and ``v`` (m, P).
+
+    Exact for uniform weights and any n, m: integrates |F_u^-1(t) - F_v^-1(t)|^p over the
+    pieces of [0, 1] on which both quantile functions are constant. Vectorised over columns
+    (the projections of sliced Wasserstein).
+    """
+    import numpy as np
+
+    u, v = np.sort(as_rows(u), axis=0), np.sort(as_rows(v), axis=0)
+    n, m = len(u), len(v)
+    levels = np.union1d(np.arange(1, n + 1) / n, np.arange(1, m + 1) / m)
+    widths = np.diff(levels, prepend=0.0)
+    mid = levels - widths / 2
+    iu = np.minimum((mid * n).astype(np.int64), n - 1)
+    iv = np.minimum((mid * m).astype(np.int64), m - 1)
+    return (widths[:, None] * np.abs(u[iu] - v[iv]) ** p).sum(axis=0)
+
+
+# ---------------------------------------------------------------- any dimension
+def random_projections(d: int, n_projections: int, seed: int = 0) -> np.ndarray:
+    """``(d, n_projections)`` unit vectors, uniform on the sphere (POT's layout)."""
+    import numpy as np
+
+    theta = np.random.default_rng(seed).standard_normal((d, n_projections))
+    return theta / np.linalg.norm(theta, axis=0, keepdims=True)
+
+
+def sliced_wasserstein(
+    a: ArrayLike,
+    b: ArrayLike,
+    n_projections: int = 128,
+    p: float = 1,
+    seed: int = 0,
+    projections: ArrayLike | None = None,
+) -> float:
+    """Sliced W_p = (mean over directions theta of W_p^p(theta.a, theta.b))^(1/p).
+
+    Same definition as POT's ``ot.sliced_wasserstein_distance``; pass ``projections``
+    (d, P) to use given directions. Each 1-D W_p is exact, so the only randomness is the
+    choice of directions (fixed by ``seed``). In 1-D it equals the exact W_p.
+    """
+    import numpy as np
+
+    a, b = as_rows(a), as_rows(b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"dimensions differ: {a.shape[1]} and {b.shape[1]}")
+    theta = (
+        random_projections(a.shape[1], n_projections, seed)
+        if projections is None
+        else _np(projections)
+    )
+    return float(np.mean(wasserstein_1d_columns(a @ theta, b @ theta, p)) ** (1.0 / p))
+
+
+def w1_assignment(a: ArrayLike, b: ArrayLike, n: int = 1000, seed: int = 0) -> float:
+    """Exact W1 (Euclidean cost) between equal-size random subsamples of ``a`` and ``b``.
+
+    With equal uniform weights optimal transport is an assignment problem
+    (``scipy.optimize.linear_sum_assignment``). It is the exact W1 of the two *subsamples*:
+    as an estimate of W1 between the distributions it is biased upwards (about n^(-1/d)
+    for identical distributions in d >= 2), so always log ``n`` with it.
+    """
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    a, b = as_rows(a), as_rows(b)
+    rng = np.random.default_rng(seed)
+    k = min(n, len(a), len(b))
+    a, b = _subsample(a, k, rng), _subsample(b, k, rng)
+    cost = cdist(a, b)
+    rows, cols = linear_sum_assignment(cost)
+    return float(cost[rows, cols].mean())
+
+
+# ---------------------------------------------------------------- histograms (1-D, 2-D)
+def _ranges(range_: Range | Sequence[Range] | None, x: np.ndarray, margin: float) -> list[Range]:
+    """Per-axis (lo, hi): given, or the min/max of ``x`` widened by ``margin`` of the span."""
+    import numpy as np
+
+    d = x.shape[1]
+    if range_ is not None:
+        r = np.asarray(range_, dtype=np.float64).reshape(-1, 2)
+        if len(r) == 1:
+            r = np.repeat(r, d, axis=0)
+        if len(r) != d or np.any(r[:, 1] <= r[:, 0]):
+            raise ValueError(f"range must be (lo, hi) with lo < hi, once or per axis; got {range_}")
+    else:
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        pad = np.where(hi > lo, margin * (hi - lo), 0.5)
+        r = np.stack([lo - pad, hi + pad], axis=1)
+    return [(float(lo), float(hi)) for lo, hi in r]
+
+
+def histogram_probs(
+    p: ArrayLike,
+    q: ArrayLike,
+    bins: int | None = None,
+    range: Range | Sequence[Range] | None = None,  # numpy's name for it
+    margin: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, list[Range]]:
+    """Cell probabilities of ``p`` and ``q`` on one fixed grid, plus the ranges used.
+
+    ``bins`` per axis (default 100 in 1-D, 50 in 2-D); ``range`` (lo, hi) for every axis or
+    one pair per axis, default the joint min/max of both samples (plus ``margin``). The last
+    cell of each vector is the mass outside the range.
+    """
+    import numpy as np
+
+    p, q = as_rows(p), as_rows(q)
+    d = p.shape[1]
+    if q.shape[1] != d:
+        raise ValueError(f"dimensions differ: {d} and {q.shape[1]}")
+    if d > 3:
+        raise ValueError(f"histograms need d <= 3 (got {d}); use sliced_wasserstein")
+    bins = bins or (100 if d == 1 else 50)
+    ranges = _ranges(range, np.concatenate([p, q]), margin)
+
+    def probs(x: np.ndarray) -> np.ndarray:
+        counts, _ = np.histogramdd(x, bins=[bins] * d, range=ranges)
+        inside = counts.ravel()
+        return np.append(inside, len(x) - inside.sum()) / len(x)
+
+    return probs(p), probs(q), ranges
+
+
+def discrete_divergences(P: ArrayLike, Q: ArrayLike, smoothing: float = 1e-10) -> dict[str, float]:
+    """KL(P||Q), KL(Q||P), JS, TV between two probability vectors (normalised here).
+
+    KL is the plug-in sum P log(P/Q) (0 log 0 = 0). Where it is infinite (P > 0 = Q) the value
+    returned is computed on the smoothed vectors (P + eps) / (1 + K eps) (both sides, K cells)
+    and ``kl_pq_inf`` / ``kl_qp_inf`` is 1.0; a finite KL is returned unsmoothed (exact).
+    JS = (KL(P||M) + KL(Q||M)) / 2 with M = (P + Q) / 2 is always finite, at most ln 2.
+    """
+    import numpy as np
+    from scipy.special import rel_entr
+
+    P, Q = _np(P).ravel(), _np(Q).ravel()
+    P, Q = P / P.sum(), Q / Q.sum()
+    k = len(P)
+    Ps, Qs = (P + smoothing) / (1 + k * smoothing), (Q + smoothing) / (1 + k * smoothing)
+    out: dict[str, float] = {}
+    for key, a, b, a_s, b_s in (("kl_pq", P, Q, Ps, Qs), ("kl_qp", Q, P, Qs, Ps)):
+        kl = float(rel_entr(a, b).sum())
+        infinite = not math.isfinite(kl)
+        out[key] = float(rel_entr(a_s, b_s).sum()) if infinite else kl
+        out[f"{key}_inf"] = float(infinite)
+    M = 0.5 * (P + Q)
+    out["js"] = float(0.5 * rel_entr(P, M).sum() + 0.5 * rel_entr(Q, M).sum())
+    out["tv"] = float(0.5 * np.abs(P - Q).sum())
+    out["smoothing"] = float(smoothing)
+    return out
+
+
+def histogram_divergences(
+    p_samples: ArrayLike,
+    q_samples: ArrayLike,
+    bins: int | None = None,
+    range: Range | Sequence[Range] | None = None,  # numpy's name for it
+    smoothing: float = 1e-10,
+    margin: float = 0.0,
+) -> dict[str, float]:
+    """Histogram KL(p||q), KL(q||p), JS, TV (see :func:`discrete_divergences`) on fixed bins.
+
+    Returns also ``bins`` (per axis), ``range_lo``/``range_hi`` (suffixed ``_<axis>`` in 2-D),
+    ``outside_p``/``outside_q`` (fraction of each sample outside the range), ``smoothing``.
+    """
+    P, Q, ranges = histogram_probs(p_samples, q_samples, bins, range, margin)
+    out = discrete_divergences(P, Q, smoothing)
+    d = len(ranges)
+    out["bins"] = float(bins or (100 if d == 1 else 50))
+    for i, (lo, hi) in enumerate(ranges):
+        suffix = "" if d == 1 else f"_{i}"
+        out[f"range_lo{suffix}"], out[f"range_hi{suffix}"] = lo, hi
+    out["outside_p"], out["outside_q"] = float(P[-1]), float(Q[-1])
+    return out
+
+
+# ---------------------------------------------------------------- KDE against a known density
+def kde_log_density(
+    x: ArrayLike,
+    centres: ArrayLike,
+    bandwidth: float | Sequence[float],
+    leave_one_out: bool = False,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """log q(x) of an isotropic Gaussian KDE with kernels at ``centres``; shape (N,) or (H, N).
+
+    log q(x) = logsumexp_i(-|x - c_i|^2 / 2h^2) - log n - (d/2) log(2 pi h^2). With
+    ``leave_one_out`` (x is centres) the kernel of x_i itself is left out (n - 1 terms), so
+    the KDE is not scored on its own centres. Several bandwidths share one distance pass.
+    """
+    import numpy as np
+    from scipy.spatial.distance import cdist
+
+    x, c = as_rows(x), as_rows(centres)
+    hs = np.atleast_1d(np.asarray(bandwidth, dtype=np.float64))
+    n, d = c.shape
+    n_eff = n - 1 if leave_one_out else n
+    if leave_one_out and len(x) != n:
+        raise ValueError("leave_one_out needs x to be the centres")
+    out = np.empty((len(hs), len(x)))
+    for start in range(0, len(x), chunk):
+        sq = cdist(x[start : start + chunk], c, "sqeuclidean")
+        if leave_one_out:
+            rows = np.arange(len(sq))
+            sq[rows, start + rows] = np.inf
+        for j, h in enumerate(hs):
+            a = sq * (-0.5 / (h * h))
+            top = a.max(axis=1)  # finite: at least one other centre
+            out[j, start : start + len(sq)] = top + np.log(np.exp(a - top[:, None]).sum(axis=1))
+    out -= (math.log(n_eff) + 0.5 * d * np.log(2 * math.pi * hs**2))[:, None]
+    return out[0] if np.ndim(bandwidth) == 0 else out
+
+
+def select_bandwidth(
+    samples: ArrayLike, grid: Sequence[float] | None = None, n_select: int = 1000, seed: int = 0
+) -> float:
+    """Bandwidth maximising the leave-one-out mean log-likelihood of ``samples``.
+
+    Likelihood cross-validation is the bandwidth choice that targets KL. Default grid:
+    s * logspace(-3, 0, 16), s the mean per-axis std of the samples, so it follows G's scale
+    (a collapsed G gets a narrow kernel, not a data-sized one). For speed the search runs on
+    ``n_select`` random samples and the winner is rescaled to the full n by the optimal-rate
+    factor (n_select / n)^(1 / (d + 4)).
+    """
+    import numpy as np
+
+    x = as_rows(samples)
+    n, d = x.shape
+    if grid is None:
+        scale = float(x.std(axis=0).mean())
+        scale = scale if scale > 0 else 1e-6 * (1.0 + float(np.abs(x).max()))
+        grid = scale * np.logspace(-3, 0, 16)
+    grid = np.asarray(grid, dtype=np.float64)
+    sub = _subsample(x, n_select, np.random.default_rng(seed))
+    scores = kde_log_density(sub, sub, grid, leave_one_out=True).mean(axis=1)
+    return float(grid[int(np.argmax(scores))] * (len(sub) / n) ** (1.0 / (d + 4)))
+
+
+def density_divergences(
+    gen: ArrayLike,
+    log_p: Callable[[Any], Any],
+    real: ArrayLike | None = None,
+    bandwidth: float | None = None,
+    n_max: int = 5000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Monte-Carlo KL between G and a distribution p whose log-density is known exactly.
+
+    q is a Gaussian KDE of (at most ``n_max``) generated samples, bandwidth ``bandwidth`` or
+    :func:`select_bandwidth`; ``log_p`` is called on a float64 torch tensor (N, d).
+
+    * ``kl_reverse_kde`` = KL(G||p) ~ mean over generated x of [log q_LOO(x) - log p(x)]
+      (leave-one-out KDE: the entropy term without the self-kernel's upward bias). Reliable:
+      ``log p`` is exact, only G's entropy is estimated.
+    * ``kl_kde`` = KL(p||G) ~ mean over real x of [log p(x) - log q(x)] (needs ``real``).
+      Overestimates wherever p has mass beyond G's samples (the KDE's Gaussian tails): read
+      it as "G misses data mass", not as a precise number.
+    """
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    g = _subsample(as_rows(gen), n_max, rng)
+    h = float(bandwidth) if bandwidth else select_bandwidth(g, seed=seed)
+
+    def logp(x: np.ndarray) -> np.ndarray:
+        return _np(log_p(torch.from_numpy(x))).ravel()
+
+    out = {
+        "kl_reverse_kde": float(np.mean(kde_log_density(g, g, h, leave_one_out=True) - logp(g))),
+        "kde_bandwidth": h,
+        "kde_n": float(len(g)),
+    }
+    if real is not None:
+        r = _subsample(as_rows(real), n_max, rng)
+        out["kl_kde"] = float(np.mean(logp(r) - kde_log_density(r, g, h)))
+    return out
+
+
+# ---------------------------------------------------------------- mode collapse
+def mode_statistics(
+    samples: ArrayLike, modes: ArrayLike, std: float, n_std: float = 3.0
+) -> dict[str, float]:
+    """VEEGAN / PacGAN mode metrics of ``samples`` against mode centres ``modes`` (K, d).
+
+    A sample is high quality (HQ) if its Euclidean distance to the nearest mode is at most
+    ``n_std * std``; a mode is captured if it is the nearest mode of at least one HQ sample.
+    ``modes_kl`` = KL(h || U) = sum_k h_k log(K h_k), h the histogram of HQ samples over their
+    nearest modes, U uniform over the K modes: "reverse" because the model's distribution comes
+    first. Always finite (U > 0, 0 log 0 = 0) and in [0, ln K]: 0 for perfectly balanced modes,
+    ln(K) for everything in one mode, also returned when there is no HQ sample.
+    """
+    import numpy as np
+    from scipy.spatial.distance import cdist
+    from scipy.special import rel_entr
+
+    x, c = as_rows(samples), as_rows(modes)
+    dist = cdist(x, c)
+    nearest = dist.argmin(axis=1)
+    hq = dist[np.arange(len(x)), nearest] <= n_std * std
+    counts = np.bincount(nearest[hq], minlength=len(c))
+    k = len(c)
+    kl = float(rel_entr(counts / counts.sum(), 1.0 / k).sum()) if hq.any() else math.log(k)
+    return {
+        "modes": float((counts > 0).sum()),
+        "n_modes": float(k),
+        "hq_fraction": float(hq.mean()),
+        "modes_kl": kl,
+    }
+
+
+# ---------------------------------------------------------------- metric plugins
+def _real_samples(dataset: Any, n: int, seed: int) -> Any:
+    """Fresh exact samples when the dataset has a sampler, else the first n held-out rows."""
+    import torch
+
+    if dataset.sample is not None:
+        return dataset.sample(n, generator=torch.Generator().manual_seed(seed))
+    for split in (dataset.test, dataset.val, dataset.train):
+        if split is not None:
+            return split[:n]
+    raise ValueError(f"dataset {dataset.name!r} has no samples")
+
+
+class DivergenceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_samples: int = Field(10_000, ge=2, description="generated (and real) samples")
+    bins: int | None = Field(None, gt=0, description="per axis; default 100 in 1-D, 50 in 2-D")
+    range: Range | list[Range] | None = Field(
+        None, description="histogram (lo, hi), once or per axis; default real min/max + margin"
+    )
+    margin: float = Field(0.05, ge=0, description="default range padding, fraction of span")
+    smoothing: float = Field(1e-10, gt=0, description="added to cell probs where KL is inf")
+    n_projections: int = Field(128, gt=0, description="sliced Wasserstein directions")
+    n_assign: int = Field(1000, ge=0, description="2-D exact-W1 subsample size (0: skip)")
+    kde: bool = Field(True, description="KDE KL against dataset.log_density when known")
+    n_kde: int = Field(5000, ge=2, description="generated samples in the KDE")
+    bandwidth: float | None = Field(None, gt=0, description="KDE bandwidth; default LOO-CV")
+    seed: int = 0
+
+
+class DivergenceMetric:
+    """KL, JS, TV, W1 / sliced W between generated and real samples (by dimension)."""
+
+    def __init__(self, params: DivergenceParams | None = None):
+        self.params = params or DivergenceParams()
+
+    def compute(self, ctx: Any) -> dict[str, float]:
+        import numpy as np
+
+        p, ds = self.params, ctx.dataset
+        gen = as_rows(ctx.generate(p.n_samples))
+        finite = np.isfinite(gen).all(axis=1)
+        if not finite.any():
+            raise ValueError("every generated sample is NaN or infinite: training diverged")
+        nonfinite, gen = 1.0 - float(finite.mean()), gen[finite]
+        real = as_rows(_real_samples(ds, p.n_samples, p.seed))
+        d = gen.shape[1]
+        out: dict[str, float] = {}
+        if d <= 2:
+            ranges = _ranges(p.range, real, p.margin)
+            h = histogram_divergences(real, gen, p.bins, ranges, p.smoothing)
+            out.update(
+                kl=h.pop("kl_pq"),
+                kl_reverse=h.pop("kl_qp"),
+                kl_inf=h.pop("kl_pq_inf"),
+                kl_reverse_inf=h.pop("kl_qp_inf"),
+                outside_real=h.pop("outside_p"),
+                outside_gen=h.pop("outside_q"),
+            )
+            out.update(h)  # js, tv, bins, smoothing, range_lo/hi
+        if d == 1:
+            out["w1"] = w1_1d(real, gen)
+            out["ks"] = ks_1d(real, gen)
+            out["std_ratio"] = float(gen.std() / real.std())
+            out["mean_gen"] = float(gen.mean())
+        else:
+            out["sw1"] = sliced_wasserstein(real, gen, p.n_projections, 1, p.seed)
+            out["n_projections"] = float(p.n_projections)
+            if d == 2 and p.n_assign:
+                out["w1_assign"] = w1_assignment(real, gen, p.n_assign, p.seed)
+                out["n_assign"] = float(min(p.n_assign, len(real), len(gen)))
+        if p.kde and ds.log_density is not None and d <= 3:
+            out.update(density_divergences(gen, ds.log_density, real, p.bandwidth, p.n_kde, p.seed))
+        out["n_samples"] = float(len(gen))
+        out["nonfinite_gen"] = nonfinite  # fraction dropped before everything above
+        return out
+
+
+class ModesParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_samples: int = Field(2500, gt=0, description="generated samples (protocol: 2,500)")
+    n_std: float = Field(3.0, gt=0, description="high quality: within n_std mode stds")
+
+
+class ModesMetric:
+    """Modes captured, high-quality fraction and mode-histogram KL (VEEGAN / PacGAN)."""
+
+    def __init__(self, params: ModesParams | None = None):
+        self.params = params or ModesParams()
+
+    def compute(self, ctx: Any) -> dict[str, float]:
+        from gan_pipe.errors import UserError
+
+        info = ctx.dataset.info
+        if "modes" not in info or "mode_std" not in info:
+            raise UserError(
+                f"metric 'modes' needs a dataset with info['modes'] and info['mode_std'] "
+                f"(ring8, grid25, gaussian-1d); {ctx.dataset.name!r} has none"
+            )
+        gen = ctx.generate(self.params.n_samples)
+        out = mode_statistics(gen, info["modes"], info["mode_std"], self.params.n_std)
+        out["modes_n_samples"] = float(self.params.n_samples)
+        out["modes_n_std"] = float(self.params.n_std)
+        return out
+
+
+@hookimpl
+def register_metrics(register: Any) -> None:
+    register("divergences", DivergenceMetric, params=DivergenceParams)
+    register("modes", ModesMetric, params=ModesParams)

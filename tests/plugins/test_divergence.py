@@ -1,0 +1,380 @@
+"""Divergence and mode metrics against independent references and closed forms.
+
+References: scipy (wasserstein_distance, ks_2samp, entropy, jensenshannon), POT (sliced
+Wasserstein, exact OT) and the closed forms of seed-systems section 6. "Quantile samples"
+x_i = mu + sigma * Phi^-1((i + 1/2) / n) remove Monte-Carlo noise, so tolerances there only
+cover the O(1/n) discretisation.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import ot
+import pluggy
+import pytest
+import torch
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from gan_pipe import PROJECT, hookspecs
+from gan_pipe.context import Dataset
+from gan_pipe.errors import UserError
+from gan_pipe.plugins.data import synthetic as S
+from gan_pipe.plugins.metrics import divergence as D
+from gan_pipe.registry import Register, Registry
+
+KL_WIDE_NARROW = 47.197  # KL(N(4,.5) || N(4,.05)) = ln 10 + 100/2 - 1/2 - ... (section 6)
+KL_NARROW_WIDE = 1.8076  # KL(N(4,.05) || N(4,.5))
+W1_WIDE_NARROW = 0.45 * math.sqrt(2 / math.pi)  # 0.35905
+TV_SHIFT = 2 * stats.norm.cdf(0.5) - 1  # TV(N(0,1), N(1,1)) = 0.38292
+HQ_2D_3STD = 1 - math.exp(-4.5)  # P(chi2(2) <= 9) = 0.98889
+
+
+def quantiles(mu: float, sigma: float, n: int) -> np.ndarray:
+    return mu + sigma * stats.norm.ppf((np.arange(n) + 0.5) / n)
+
+
+def normal_log_density(mu: float, sigma: float):
+    return lambda x: torch.distributions.Normal(mu, sigma).log_prob(x).sum(dim=1)
+
+
+def test_closed_forms_are_what_we_think() -> None:
+    """The anchors themselves, from the Gaussian KL formula, so the tests below mean something."""
+
+    def kl(s1: float, s2: float) -> float:
+        return math.log(s2 / s1) + s1**2 / (2 * s2**2) - 0.5
+
+    assert kl(0.5, 0.05) == pytest.approx(KL_WIDE_NARROW, abs=1e-3)
+    assert kl(0.05, 0.5) == pytest.approx(KL_NARROW_WIDE, abs=1e-4)
+    assert W1_WIDE_NARROW == pytest.approx(0.35905, abs=1e-5)
+    assert TV_SHIFT == pytest.approx(0.38292, abs=1e-5)
+    assert HQ_2D_3STD == pytest.approx(0.98889, abs=1e-5)
+
+
+# ---------------------------------------------------------------- 1-D exact
+def test_w1_and_ks_match_scipy() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 1234), rng.standard_t(3, 777)
+    assert D.w1_1d(a, b) == stats.wasserstein_distance(a, b)
+    assert D.w1_1d(torch.from_numpy(a).float().reshape(-1, 1), b) == pytest.approx(
+        stats.wasserstein_distance(a.astype(np.float32), b), rel=1e-12
+    )
+    ties_a, ties_b = rng.integers(0, 10, 500), rng.integers(2, 12, 333)
+    for x, y in ((a, b), (ties_a, ties_b), (b, a)):
+        assert D.ks_1d(x, y) == pytest.approx(stats.ks_2samp(x, y).statistic, abs=1e-15)
+
+
+def test_w1_closed_form() -> None:
+    """Quantile samples: W1 = 0.45 * mean|z_i| -> 0.45 E|Z|, error O(log n / n)."""
+    n = 100_000
+    assert D.w1_1d(quantiles(4, 0.5, n), quantiles(4, 0.05, n)) == pytest.approx(
+        W1_WIDE_NARROW, abs=1e-4
+    )
+    # random samples: W1 estimate's sd is about 0.5 / sqrt(n) = 0.0016; 0.01 is > 5 sd
+    rng = np.random.default_rng(1)
+    w = D.w1_1d(rng.normal(4, 0.5, n), rng.normal(4, 0.05, n))
+    assert w == pytest.approx(W1_WIDE_NARROW, abs=0.01)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_wasserstein_columns_match_pot(p: int) -> None:
+    rng = np.random.default_rng(2)
+    u, v = rng.normal(size=(300, 4)), rng.exponential(size=(170, 4))
+    got = D.wasserstein_1d_columns(u, v, p)
+    expected = ot.wasserstein_1d(u, v, p=p)  # W_p^p per column
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    if p == 1:
+        np.testing.assert_allclose(
+            got, [stats.wasserstein_distance(u[:, j], v[:, j]) for j in range(4)], rtol=1e-10
+        )
+
+
+# ---------------------------------------------------------------- sliced / assignment
+@pytest.mark.parametrize("p", [1, 2])
+def test_sliced_wasserstein_matches_pot_with_same_projections(p: int) -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(400, 6)), rng.normal(0.5, 2.0, size=(250, 6))
+    theta = D.random_projections(6, 64, seed=5)
+    np.testing.assert_allclose((theta**2).sum(axis=0), 1.0)
+    got = D.sliced_wasserstein(a, b, p=p, projections=theta)
+    expected = ot.sliced_wasserstein_distance(a, b, p=p, projections=theta)
+    assert got == pytest.approx(expected, rel=1e-10)
+    # own random directions: same seed, same value; torch input accepted
+    assert D.sliced_wasserstein(torch.from_numpy(a), b, 64, p, seed=5) == pytest.approx(got)
+
+
+def test_sliced_wasserstein_statistically_matches_pot() -> None:
+    """Independent directions: both are Monte-Carlo over the sphere; 2000 directions keep
+    each estimate's relative sd under 1%, 5% tolerance."""
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(500, 10)), rng.normal(0.3, 1.0, size=(500, 10))
+    ours = D.sliced_wasserstein(a, b, n_projections=2000, p=2, seed=0)
+    pot = ot.sliced_wasserstein_distance(a, b, n_projections=2000, p=2, seed=1)
+    assert ours == pytest.approx(pot, rel=0.05)
+
+
+def test_sliced_wasserstein_in_1d_is_exact_w1() -> None:
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(800, 1)), rng.normal(1, 2, size=(600, 1))
+    assert D.sliced_wasserstein(a, b, n_projections=8, p=1) == pytest.approx(
+        D.w1_1d(a, b), rel=1e-12
+    )
+
+
+def test_w1_assignment_matches_pot_emd() -> None:
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(300, 2)), rng.normal(1, 1, size=(300, 2))
+    expected = ot.emd2(ot.unif(300), ot.unif(300), ot.dist(a, b, metric="euclidean"))
+    assert D.w1_assignment(a, b, n=1000) == pytest.approx(expected, rel=1e-9)
+    # a shift of identical clouds costs exactly the shift
+    assert D.w1_assignment(a, a + [3.0, 4.0]) == pytest.approx(5.0)
+
+
+# ---------------------------------------------------------------- histograms
+def test_histogram_kl_and_js_match_scipy_exactly() -> None:
+    rng = np.random.default_rng(7)
+    p, q = rng.normal(0, 1, 20_000), rng.normal(0.3, 1.2, 20_000)
+    P, Q, _ = D.histogram_probs(p, q, bins=40)
+    assert P.sum() == pytest.approx(1) and P[-1] == 0 == Q[-1]  # joint range: nothing outside
+    keep = (P > 0) & (Q > 0)  # scipy.stats.entropy needs Q > 0 where P > 0
+    P, Q = P[keep] / P[keep].sum(), Q[keep] / Q[keep].sum()
+    out = D.discrete_divergences(P, Q)
+    assert out["kl_pq"] == pytest.approx(stats.entropy(P, Q), rel=1e-12)
+    assert out["kl_qp"] == pytest.approx(stats.entropy(Q, P), rel=1e-12)
+    assert out["js"] == pytest.approx(jensenshannon(P, Q) ** 2, rel=1e-10)
+    assert out["tv"] == pytest.approx(0.5 * np.abs(P - Q).sum(), rel=1e-12)
+    assert out["kl_pq_inf"] == 0 == out["kl_qp_inf"]
+
+
+def test_histogram_divergences_2d_match_scipy() -> None:
+    rng = np.random.default_rng(8)
+    p, q = rng.normal(size=(30_000, 2)), rng.normal(0.2, 1.0, size=(30_000, 2))
+    out = D.histogram_divergences(p, q, bins=20, range=(-6, 6))
+    P, Q, ranges = D.histogram_probs(p, q, bins=20, range=(-6, 6))
+    assert len(P) == 20 * 20 + 1 and ranges == [(-6.0, 6.0)] * 2
+    assert out["js"] == pytest.approx(jensenshannon(P, Q) ** 2, rel=1e-10)
+    assert out["range_lo_1"] == -6 and out["range_hi_0"] == 6 and out["bins"] == 20
+    if not out["kl_pq_inf"]:
+        assert out["kl_pq"] == pytest.approx(stats.entropy(P, Q), rel=1e-12)
+
+
+def test_disjoint_supports() -> None:
+    """Two non-overlapping distributions: JS = ln 2, TV = 1, both KLs infinite and flagged,
+    returned smoothed (finite), never NaN."""
+    rng = np.random.default_rng(9)
+    p, q = rng.uniform(0, 1, 5000), rng.uniform(2, 3, 5000)
+    out = D.histogram_divergences(p, q, bins=100, smoothing=1e-10)
+    assert out["js"] == pytest.approx(math.log(2), abs=1e-12)
+    assert out["tv"] == pytest.approx(1.0, abs=1e-12)
+    assert out["kl_pq_inf"] == 1.0 and out["kl_qp_inf"] == 1.0
+    assert all(math.isfinite(v) for v in out.values())
+    assert out["smoothing"] == 1e-10
+    # the returned value is KL of the smoothed vectors (P + eps) / (1 + K eps): ~ ln(p_bin / eps)
+    P, Q, _ = D.histogram_probs(p, q, bins=100)
+    Ps, Qs = (P + 1e-10) / (1 + len(P) * 1e-10), (Q + 1e-10) / (1 + len(Q) * 1e-10)
+    assert out["kl_pq"] == pytest.approx(stats.entropy(Ps, Qs), rel=1e-12)
+    assert out["kl_qp"] == pytest.approx(stats.entropy(Qs, Ps), rel=1e-12) and out["kl_qp"] > 15
+    # the same sample outside a given range lands in the outside cell, not nowhere
+    out = D.histogram_divergences(p, q, bins=10, range=(0, 1))
+    assert out["outside_p"] == 0 and out["outside_q"] == 1 and out["tv"] == pytest.approx(1)
+
+
+def test_histogram_tv_closed_form() -> None:
+    """TV(N(0,1), N(1,1)) = 0.38292. Exact bin probabilities (cdf differences, 2000 bins):
+    only the bin holding the crossing x = 0.5 loses mass, < 0.002. From 200k samples each and
+    100 bins: sd ~ 0.002, plug-in bias ~ sum_i sqrt(p_i / n) over the few bins where the
+    densities nearly agree, < 0.005; tolerance 0.01."""
+    edges = np.linspace(-9, 10, 2001)
+    P, Q = np.diff(stats.norm.cdf(edges)), np.diff(stats.norm.cdf(edges, 1))
+    assert D.discrete_divergences(P, Q)["tv"] == pytest.approx(TV_SHIFT, abs=2e-3)
+    rng = np.random.default_rng(10)
+    n = 200_000
+    out = D.histogram_divergences(rng.normal(0, 1, n), rng.normal(1, 1, n), bins=100)
+    assert out["tv"] == pytest.approx(TV_SHIFT, abs=0.01)
+
+
+def test_histogram_kl_closed_forms() -> None:
+    """KL(N(4,.05) || N(4,.5)) = 1.8076 from 200k samples each, 400 bins on [2, 6] (width
+    0.01 = std/5 of the narrow one): discretisation bias < 1e-3, plug-in bias about
+    (occupied bins) / 2n < 1e-3, sd about 0.003; tolerance 0.02. The reverse,
+    KL(N(4,.5) || N(4,.05)) = 47.197, cannot come from a histogram of samples: the narrow
+    one has no sample in the wide one's tails, so it must be flagged infinite."""
+    rng = np.random.default_rng(11)
+    n = 200_000
+    narrow, wide = rng.normal(4, 0.05, n), rng.normal(4, 0.5, n)
+    out = D.histogram_divergences(narrow, wide, bins=400, range=(2, 6))
+    assert out["kl_pq"] == pytest.approx(KL_NARROW_WIDE, abs=0.02) and out["kl_pq_inf"] == 0
+    assert out["kl_qp_inf"] == 1 and math.isfinite(out["kl_qp"]) and out["kl_qp"] > 10
+
+
+# ---------------------------------------------------------------- KDE against a known density
+def test_density_kl_closed_forms() -> None:
+    """Quantile samples, exact log p: kl_reverse_kde only estimates G's entropy with a KDE
+    (bias a few 1e-3 nats at n = 5000), so 47.197 and 1.8076 to 0.05 nats."""
+    n = 5000
+    wide, narrow = quantiles(4, 0.5, n), quantiles(4, 0.05, n)
+    out = D.density_divergences(wide, normal_log_density(4, 0.05), real=narrow)
+    assert out["kl_reverse_kde"] == pytest.approx(KL_WIDE_NARROW, abs=0.05)
+    assert out["kl_kde"] == pytest.approx(KL_NARROW_WIDE, abs=0.05)
+    out = D.density_divergences(narrow, normal_log_density(4, 0.5))
+    assert out["kl_reverse_kde"] == pytest.approx(KL_NARROW_WIDE, abs=0.05)
+    assert out["kde_bandwidth"] < 0.05 and "kl_kde" not in out  # follows G's scale
+
+
+def test_density_kl_near_zero_for_a_perfect_sampler() -> None:
+    """G = p on ring8 (modes of std 0.01): the KDE smooths G a little, bias < 0.05 nats."""
+    ds = S.ring(S.RingParams(n_train=10, n_val=0, n_test=10))
+    g = ds.sample(5000, torch.Generator().manual_seed(0))
+    r = ds.sample(5000, torch.Generator().manual_seed(1))
+    out = D.density_divergences(g, ds.log_density, real=r)
+    assert abs(out["kl_reverse_kde"]) < 0.05 and abs(out["kl_kde"]) < 0.05
+
+
+def test_kde_leave_one_out_against_brute_force() -> None:
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(50, 2))
+    h = 0.3
+    got = D.kde_log_density(x, x, h, leave_one_out=True)
+    expected = []
+    for i in range(50):
+        others = np.delete(x, i, axis=0)
+        dens = stats.multivariate_normal(np.zeros(2), h * h).pdf(x[i] - others).mean()
+        expected.append(math.log(dens))
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    both = D.kde_log_density(x, x, [h, 2 * h])
+    assert both.shape == (2, 50)
+    np.testing.assert_allclose(both[1], D.kde_log_density(x, x, 2 * h), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- modes
+@pytest.mark.parametrize(
+    "factory,params,k", [(S.ring, S.RingParams, 8), (S.grid, S.GridParams, 25)]
+)
+def test_modes_of_a_perfect_sampler(factory, params, k: int) -> None:
+    """HQ fraction of a perfect sampler is P(chi2(2) <= 9) = 0.98889; sd at n = 100k is
+    0.00033, tolerance 0.0015. All modes caught; the mode histogram's KL to uniform is about
+    (K - 1) / 2n (a chi-square / 2n), well under 0.01."""
+    ds = factory(params(n_train=10, n_val=0, n_test=10))
+    x = ds.sample(100_000, torch.Generator().manual_seed(0))
+    out = D.mode_statistics(x, ds.info["modes"], ds.info["mode_std"])
+    assert out["modes"] == k == out["n_modes"]
+    assert out["hq_fraction"] == pytest.approx(HQ_2D_3STD, abs=0.0015)
+    assert 0 <= out["modes_kl"] < 0.01
+
+
+def test_modes_of_collapsed_and_split_samplers() -> None:
+    modes, std = S.mixture_modes(S.ring(S.RingParams(n_train=10, n_val=0, n_test=0))), 0.01
+    rng = np.random.default_rng(13)
+    collapsed = modes[3].numpy() + std * rng.normal(size=(2500, 2)) * 0.1
+    out = D.mode_statistics(collapsed, modes, std)
+    assert out["modes"] == 1 and out["hq_fraction"] == 1
+    assert out["modes_kl"] == pytest.approx(math.log(8))
+    split = np.concatenate(
+        [np.repeat(modes[:1].numpy(), 10, 0), np.repeat(modes[5:6].numpy(), 30, 0)]
+    )
+    out = D.mode_statistics(split, modes, std)
+    # h = (1/4, 3/4) on two of 8 modes: KL(h || U) = 1/4 ln(8/4) + 3/4 ln(8 * 3/4)
+    assert out["modes"] == 2
+    assert out["modes_kl"] == pytest.approx(0.25 * math.log(2) + 0.75 * math.log(6), rel=1e-12)
+    out = D.mode_statistics(np.zeros((100, 2)), modes, std)  # the centre: far from every mode
+    assert out["modes"] == 0 and out["hq_fraction"] == 0 and out["modes_kl"] == math.log(8)
+
+
+# ---------------------------------------------------------------- the metric plugins
+def _ctx(ds: Dataset, sampler) -> SimpleNamespace:
+    return SimpleNamespace(dataset=ds, generate=sampler, device=torch.device("cpu"))
+
+
+def _registry() -> Registry:
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(D, name="divergence")
+    reg = Registry()
+    pm.hook.register_metrics(register=Register(reg, "metric", "divergence"))
+    return reg
+
+
+def test_metrics_registered() -> None:
+    reg = _registry()
+    assert reg.names("metric") == ["divergences", "modes"]
+    comp = reg.get("metric", "divergences")
+    metric = comp.factory(comp.validate_params({"bins": 30, "range": [-1, 9]}))
+    assert metric.params.range == (-1.0, 9.0)
+    with pytest.raises(Exception, match="extra"):
+        comp.validate_params({"binz": 3})
+
+
+def test_divergences_plugin_1d_collapse() -> None:
+    """Seed 001's collapse: G = N(4, 0.05) against N(4, 0.5)."""
+    ds = S.gaussian_1d(S.Gaussian1DParams(n_train=10, n_val=0, n_test=10_000))
+    gen = torch.Generator().manual_seed(0)
+    metric = D.DivergenceMetric(D.DivergenceParams(n_kde=2000))
+    out = metric.compute(_ctx(ds, lambda n: 4 + 0.05 * torch.randn(n, 1, generator=gen)))
+    assert out["kl_inf"] == 1 and out["kl"] > 10  # smoothed, flagged
+    assert out["kl_reverse"] == pytest.approx(KL_NARROW_WIDE, abs=0.1)
+    assert out["kl_reverse_kde"] == pytest.approx(KL_NARROW_WIDE, abs=0.1)
+    assert out["w1"] == pytest.approx(W1_WIDE_NARROW, abs=0.02)
+    assert out["std_ratio"] == pytest.approx(0.1, abs=0.01)
+    # KS closed form: max_s Phi(10 s) - Phi(s), at s^2 = ln 10 / 49.5; sd at n = 10k ~ 0.005
+    s_star = math.sqrt(math.log(10) / 49.5)
+    ks = stats.norm.cdf(10 * s_star) - stats.norm.cdf(s_star)  # 0.3991
+    assert out["ks"] == pytest.approx(ks, abs=0.02)
+    assert out["bins"] == 100 and out["smoothing"] == 1e-10
+    assert out["js"] <= math.log(2) and 0 < out["tv"] <= 1
+    assert all(math.isfinite(v) for v in out.values())
+
+    perfect = metric.compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
+    # Sparse tail bins (a sample or two on one side only) can make even a perfect sampler's
+    # plug-in KL infinite: the flag goes up but the smoothed value stays small. Two-sample
+    # plug-in bias ~ (bins - 1) / n = 0.01, plus ln(1e-4 / eps) / n = 0.0014 per lone sample.
+    assert perfect["kl"] < 0.05 and perfect["kl_reverse"] < 0.05 and perfect["js"] < 0.005
+    assert perfect["w1"] < 0.02 and perfect["std_ratio"] == pytest.approx(1, abs=0.03)
+
+
+def test_divergences_plugin_2d_and_high_dim() -> None:
+    ds = S.ring(S.RingParams(n_train=10, n_val=0, n_test=10))
+    gen = torch.Generator().manual_seed(0)
+    params = D.DivergenceParams(n_samples=3000, n_kde=1000, n_assign=300)
+    out = D.DivergenceMetric(params).compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
+    assert {"kl", "kl_reverse", "js", "tv", "sw1", "w1_assign", "kl_reverse_kde"} <= out.keys()
+    assert "w1" not in out and out["bins"] == 50 and out["n_assign"] == 300
+    assert out["sw1"] < 0.05 and out["js"] < 0.05
+
+    x = torch.randn(2000, 5)
+    flat = Dataset(name="flat", train=x, test=x)
+    out = D.DivergenceMetric(D.DivergenceParams(n_samples=1000)).compute(
+        _ctx(flat, lambda n: torch.randn(n, 5, generator=gen) + 1)
+    )
+    assert set(out) == {"sw1", "n_projections", "n_samples", "nonfinite_gen"}
+    # each projection of a unit shift along (1,..,1) moves by theta . 1: E|theta . 1| = 0.69 or so
+    assert 0.3 < out["sw1"] < 1.2
+
+
+def test_divergences_plugin_drops_nonfinite_rows() -> None:
+    ds = S.gaussian_1d(S.Gaussian1DParams(n_train=10, n_val=0, n_test=1000))
+
+    def sampler(n: int) -> torch.Tensor:
+        x = ds.sample(n, generator=torch.Generator().manual_seed(0))
+        x[::10] = float("nan")
+        return x
+
+    out = D.DivergenceMetric(D.DivergenceParams(n_samples=1000, kde=False)).compute(
+        _ctx(ds, sampler)
+    )
+    assert out["nonfinite_gen"] == pytest.approx(0.1) and math.isfinite(out["kl"])
+
+
+def test_modes_plugin() -> None:
+    ds = S.grid(S.GridParams(n_train=10, n_val=0, n_test=10))
+    gen = torch.Generator().manual_seed(0)
+    out = D.ModesMetric().compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
+    assert out["modes"] == 25 and out["modes_n_samples"] == 2500
+    assert out["hq_fraction"] == pytest.approx(HQ_2D_3STD, abs=0.01)  # sd 0.002 at n = 2500
+    centre = torch.tensor(ds.info["modes"][7], dtype=torch.float32)
+    out = D.ModesMetric().compute(_ctx(ds, lambda n: centre.repeat(n, 1)))
+    assert out["modes"] == 1 and out["modes_kl"] == pytest.approx(math.log(25))
+    with pytest.raises(UserError, match="info"):
+        D.ModesMetric().compute(_ctx(Dataset(name="x", train=torch.zeros(3, 2)), None))

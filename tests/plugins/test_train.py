@@ -1,0 +1,99 @@
+"""The training loop's pieces: batches, step counts, schedules, noise, optimisers."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from gan_pipe.plugins.stages import make_noise
+from gan_pipe.plugins.train import BatchSampler, make_optimizer, make_schedule, total_steps
+from gan_pipe.recipe import Train
+
+
+def test_batch_sampler_covers_each_epoch_once():
+    data = torch.arange(10).float().unsqueeze(1)
+    s = BatchSampler(data, 3)
+    assert s.per_epoch == 3
+    for _ in range(2):
+        seen = torch.cat([s.next() for _ in range(3)]).flatten().tolist()
+        assert len(set(seen)) == 9  # drop_last: 9 distinct rows per epoch, none repeated
+    with pytest.raises(ValueError, match="larger than the training set"):
+        BatchSampler(data, 11)
+
+
+def test_total_steps():
+    assert total_steps(Train(steps=7), 1000) == 7
+    assert total_steps(Train(batch_size=100, epochs=2), 1000) == 20
+    assert total_steps(Train(batch_size=100, epochs=2, n_critic=5), 1000) == 4
+    assert total_steps(Train(batch_size=100), 1000) == 10  # one epoch by default
+
+
+def test_staircase_decay_matches_tf_formula():
+    # seed 001: lr 0.005 * 0.95 ** (step // 150)
+    cfg = Train(
+        optimizer="sgd", lr=0.005, lr_schedule="exponential", decay_rate=0.95, decay_steps=150
+    )
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = make_optimizer([w], cfg.optimizer_for("generator"))
+    sched = make_schedule(opt, cfg)
+    lrs = []
+    for _ in range(451):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    for step in (0, 149, 150, 299, 300, 450):
+        assert lrs[step] == pytest.approx(0.005 * 0.95 ** (step // 150), rel=1e-12)
+
+
+def test_smooth_decay():
+    cfg = Train(lr=1.0, lr_schedule="exponential", decay_rate=0.5, decay_steps=10, staircase=False)
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = make_optimizer([w], cfg.optimizer_for("generator"))
+    sched = make_schedule(opt, cfg)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5**0.5)
+
+
+def test_optimizers_get_their_settings():
+    w = [torch.nn.Parameter(torch.zeros(1))]
+    adam = make_optimizer(
+        w, {"optimizer": "adam", "lr": 1e-4, "betas": (0.0, 0.9), "momentum": 0, "weight_decay": 0}
+    )
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["betas"] == (0.0, 0.9)
+    rms = make_optimizer(
+        w,
+        {"optimizer": "rmsprop", "lr": 5e-5, "betas": (0.5, 0.9), "momentum": 0, "weight_decay": 0},
+    )
+    assert isinstance(rms, torch.optim.RMSprop) and rms.defaults["lr"] == 5e-5
+
+
+def test_noise_distributions():
+    g = torch.Generator().manual_seed(0)
+    u = make_noise("uniform", 20, torch.device("cpu"))(10000, generator=g)
+    assert u.shape == (10000, 20) and u.min() >= -1 and u.max() <= 1
+    assert abs(u.mean().item()) < 0.01 and u.std().item() == pytest.approx(1 / 3**0.5, rel=0.02)
+    n = make_noise("normal", 4, torch.device("cpu"))(20000, generator=g)
+    assert n.std().item() == pytest.approx(1.0, rel=0.02)
+    s = make_noise("stratified", 1, torch.device("cpu"), range=8.0, jitter=0.01)(12, generator=g)
+    grid = torch.linspace(-8, 8, 12).unsqueeze(1)
+    assert ((s - grid) >= 0).all() and ((s - grid) <= 0.01).all()
+
+
+def test_regularizer_terms_are_added(monkeypatch):
+    from gan_pipe.context import LossInputs
+    from gan_pipe.plugins.train import Trainer
+
+    class Reg:
+        def generator_term(self, x):
+            return torch.tensor(2.5), {"reg": torch.tensor(2.5)}
+
+    fake = types.SimpleNamespace(ctx=types.SimpleNamespace(regularizers=[Reg(), object()]))
+    extras: dict = {}
+    x = LossInputs(torch.nn.Identity(), torch.zeros(1), torch.zeros(1), None, torch.zeros(1))
+    total = Trainer._add_terms(fake, torch.tensor(1.0), extras, "generator_term", x)
+    assert total.item() == 3.5 and "reg" in extras
+    assert Trainer._add_terms(fake, torch.tensor(1.0), {}, "discriminator_term", x).item() == 1.0
