@@ -157,30 +157,34 @@ def parzen_log_likelihood(
     consts = [-log_n - 0.5 * d * math.log(2.0 * math.pi * s * s) for s in sigmas]
     floor = -(log_n + _NEGLIGIBLE_NATS)
 
+    # The first sigma's scale is folded into the matmul: e_ij = c0 (||mu_j||^2 - 2 x_i.mu_j),
+    # c0 = -1/(2 sigma_0^2). ||x_i||^2 is constant along a row, so it only enters through the
+    # nearest centre's squared distance d_min (the row's largest term for every sigma, which
+    # the logsumexp is shifted by): log p = c d_min + log sum_j exp(c (d_ij - d_min)) + const.
+    c0 = coefs[0]
+    order = list(range(1, len(sigmas))) + [0]  # sigma 0 last: it may scale e in place
     with torch.no_grad(), _exact_matmul():
         shift = mu.mean(dim=0)
         mu = mu - shift  # distances are shift-invariant; centring shrinks the norms
-        mu_sq = (mu * mu).sum(dim=1).unsqueeze(0)  # (1, N)
+        mu_sq = (mu * mu).sum(dim=1).mul_(c0).unsqueeze(0)  # (1, N), scaled by c0
         mu_t = mu.t()
-        dist = torch.empty(rows, m, dtype=dtype, device=device)
-        scaled = torch.empty(rows, m, dtype=dtype, device=device) if len(sigmas) > 1 else None
+        e_buf = torch.empty(rows, m, dtype=dtype, device=device)
+        s_buf = torch.empty(rows, m, dtype=dtype, device=device) if len(sigmas) > 1 else None
         for start in range(0, n, rows):
             xc = xs[start : start + rows].to(device=device, dtype=dtype) - shift
             k = xc.shape[0]
-            dk = dist[:k]
-            # ||mu||^2 - 2 x mu^T, then + ||x||^2, clamped at 0 (rounding can go below)
-            torch.addmm(mu_sq, xc, mu_t, beta=1.0, alpha=-2.0, out=dk)
-            dk.add_((xc * xc).sum(dim=1, keepdim=True)).clamp_(min=0.0)
-            # logsumexp with the max taken once for every sigma: the largest term of each row
-            # is the nearest centre's, whatever sigma; after the shift it is exp(0) = 1
-            dmin = dk.amin(dim=1)
-            dk.sub_(dmin.unsqueeze(1))
-            for j, (c, const) in enumerate(zip(coefs, consts, strict=True)):
-                sk = dk.mul_(c) if scaled is None else torch.mul(dk, c, out=scaled[:k])
+            e = torch.addmm(mu_sq, xc, mu_t, beta=1.0, alpha=-2.0 * c0, out=e_buf[:k])
+            e_max = e.amax(dim=1)
+            e.sub_(e_max.unsqueeze(1))  # c0 (d_ij - d_min): <= 0, 0 at the nearest centre
+            # rounding can take d_min a little below 0; a distance is not
+            d_min = (xc * xc).sum(dim=1).add_(e_max, alpha=1.0 / c0).clamp_(min=0.0)
+            for j in order:
+                c = coefs[j]
+                sk = e if j == 0 else torch.mul(e, c / c0, out=s_buf[:k])
                 # terms below exp(floor) add < exp(-_NEGLIGIBLE_NATS) to a sum >= 1; flooring
                 # them keeps exp off its slow underflow path (10x slower on CPU)
                 sums = sk.clamp_(min=floor).exp_().sum(dim=1)
-                out[j, start : start + k] = sums.log_().add_(dmin, alpha=c).add_(const)
+                out[j, start : start + k] = sums.log_().add_(d_min, alpha=c).add_(consts[j])
     return out[0] if scalar else out
 
 
