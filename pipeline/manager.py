@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gan_pipe.plugins.data.idx",
     "gan_pipe.plugins.data.synthetic",
     "gan_pipe.plugins.models.dcgan",
+    "gan_pipe.plugins.models.mlp",
     "gan_pipe.plugins.losses.bce",
     "gan_pipe.plugins.losses.wasserstein",
     "gan_pipe.plugins.losses.other",
