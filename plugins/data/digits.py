@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from gan_pipe import hookimpl
 from gan_pipe.context import Dataset
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
     from gan_pipe.registry import Register
 
 #: Number of images in ``sklearn.datasets.load_digits``.

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from gan_pipe import hookimpl
 from gan_pipe.context import Dataset
 from gan_pipe.errors import DataNotFoundError, UserError
-from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     import numpy as np
+
     from gan_pipe.registry import Register
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
+from sklearn.datasets import load_digits
+
 from gan_pipe.plugins.data import digits
 from gan_pipe.plugins.data.digits import DigitsParams, load_digits_dataset, split_indices
 from gan_pipe.registry import Register, Registry
-from pydantic import ValidationError
-from sklearn.datasets import load_digits
 
 RAW = load_digits()
 

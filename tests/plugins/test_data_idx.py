@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
+
 from gan_pipe.errors import DataNotFoundError, UserError
 from gan_pipe.plugins.data import idx
 from gan_pipe.plugins.data.idx import (
@@ -27,7 +29,6 @@ from gan_pipe.plugins.data.idx import (
     read_idx,
 )
 from gan_pipe.registry import Register, Registry
-from pydantic import ValidationError
 
 CODES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 N_TRAIN, N_TEST = 30, 12
