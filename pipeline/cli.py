@@ -214,6 +214,30 @@ def score(
 
 
 @app.command()
+def evaluate(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a gan-pipe run")],
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", "-m", help="evaluate these metrics instead of the recipe's"),
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Re-evaluate a run's final generator into the same run (other metrics, more samples)."""
+    from .facade import Plugins
+    from .manager import load_plugins
+    from .reevaluate import reevaluate
+
+    plugins_ = Plugins(load_plugins())
+    try:
+        results, step = reevaluate(run_id, plugins_, metric, set_)
+    except UserError as e:
+        raise _fail(e) from None
+    typer.secho(f"run {run_id}: evaluated the generator of step {step}", fg=typer.colors.GREEN)
+    for key, value in sorted(results.items()):
+        typer.echo(f"  eval/{key}: {value:.6g}")
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON schema of recipes (for editors that check TOML against a schema)."""
     from .recipe import Recipe

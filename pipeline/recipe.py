@@ -129,7 +129,6 @@ class Train(_Strict):
 
 
 class Evaluate(_Strict):
-    n_samples: int = Field(10000, gt=0, description="generator samples drawn for the metrics")
     metrics: list[ComponentRef] = Field(default_factory=list)
 
 

@@ -52,31 +52,54 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
+def client() -> Any:
+    """An MlflowClient on the default store (see :func:`default_store`), quiet."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    # MLflow's own chatter about stores and schema migrations is not the user's business.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri, _ = default_store()
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
 class Tracker:
     """Logging for one MLflow run. Plugins log through ``ctx.tracker``."""
 
-    def __init__(self, experiment: str, run_name: str, tags: dict[str, str] | None = None):
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str,
+        tags: dict[str, str] | None = None,
+        attach_to: str | None = None,
+    ):
+        """Start a new run, or with ``attach_to`` log into an existing run without touching
+        its status (``gan-pipe evaluate`` adds results to a finished run)."""
         import mlflow
-        from mlflow import MlflowClient
 
-        # MLflow's own chatter about stores and schema migrations is not the user's business.
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        self.uri, artifact_location = default_store()
-        mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
+        self._mlflow = mlflow
+        self.client = client()
+        self.uri = mlflow.get_tracking_uri()
+        self._buffer: list[Any] = []
+        self._pending: list[Any] = []
+        self._closed = False
+        self.attached = attach_to is not None
+        if attach_to is not None:
+            self.run = self.client.get_run(attach_to)
+            self.run_id: str = attach_to
+            self.experiment_id = self.run.info.experiment_id
+            return
+        _, artifact_location = default_store()
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             exp_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
         else:
             exp_id = exp.experiment_id
         self.experiment_id = exp_id
-        self._mlflow = mlflow
         self.run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags or {})
-        self.run_id: str = self.run.info.run_id
-        self._buffer: list[Any] = []
-        self._pending: list[Any] = []
-        self._closed = False
+        self.run_id = self.run.info.run_id
 
     # ------------------------------------------------------------ metrics
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -156,6 +179,10 @@ class Tracker:
         if self._closed:
             return
         self._closed = True
+        if self.attached:  # someone else's run: add to it, never change its status
+            self.flush(wait=True)
+            self._mlflow.flush_async_logging()
+            return
         try:
             self.flush(wait=True)
             if error is not None:

@@ -220,3 +220,30 @@ def test_failing_stage_marks_run_failed(workdir, monkeypatch):
     assert runs[0].info.status == "FAILED"
     assert runs[0].data.tags["gan_pipe.failed_stage"] == "train"
     assert "exploding loss" in runs[0].data.tags["gan_pipe.error"]
+
+
+def test_evaluate_adds_to_the_same_run(workdir):
+    path = write(workdir / "tiny.toml", TINY)
+    res = runner.invoke(app, ["run", str(path), "--set", "report=[]"])
+    assert res.exit_code == 0, res.output
+    run_id = next(line.split()[-1] for line in res.output.splitlines() if "run id:" in line)
+    before = _client(workdir).get_run(run_id).data.metrics["eval/parzen_ll"]
+
+    res = runner.invoke(
+        app, ["evaluate", run_id, "-m", "parzen", "--set", "evaluate.metrics.0.params.n_test=60"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "step 6" in res.output
+    client = _client(workdir)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["eval/parzen_n_test"] == 60
+    hist = client.get_metric_history(run_id, "eval/parzen_ll")
+    assert len(hist) == 2 and {m.step for m in hist} == {6}
+    assert hist[0].value == before  # the first value is kept, the new one is added
+    assert "gan_pipe.reevaluated" in run.data.tags
+
+    res = runner.invoke(app, ["evaluate", run_id, "--set", "train.lr=1"])
+    assert res.exit_code == 2 and "only evaluate.*" in res.output
+    res = runner.invoke(app, ["evaluate", "0123abc"])
+    assert res.exit_code == 2 and "no run '0123abc'" in res.output
