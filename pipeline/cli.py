@@ -121,7 +121,9 @@ def show(recipe: RecipeArg, set_: SetOpt = None) -> None:
 
 @app.command()
 def plugins(
-    all_: Annotated[bool, typer.Option("--all", help="also list the built-in plugins")] = True,
+    builtin: Annotated[
+        bool, typer.Option("--builtin/--no-builtin", help="list the built-in plugins too")
+    ] = True,
     params: Annotated[bool, typer.Option("--params", help="show each component's params")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
@@ -129,7 +131,7 @@ def plugins(
     from .manager import failure_lines, load_plugins
 
     ps = load_plugins()
-    infos = ps.describe(include_builtin=all_)
+    infos = ps.describe(include_builtin=builtin)
     if as_json:
         out = [
             {

@@ -247,3 +247,39 @@ def test_evaluate_adds_to_the_same_run(workdir):
     assert res.exit_code == 2 and "only evaluate.*" in res.output
     res = runner.invoke(app, ["evaluate", "0123abc"])
     assert res.exit_code == 2 and "no run '0123abc'" in res.output
+
+
+def test_plugins_without_builtins_and_json():
+    res = runner.invoke(app, ["plugins", "--no-builtin"])
+    assert res.exit_code == 0
+    assert "gan_pipe.plugins.models.dcgan" not in res.output
+    assert "relativistic" in res.output  # the example package installed by `make install`
+    import json
+
+    data = json.loads(runner.invoke(app, ["plugins", "--json"]).stdout)
+    names = {p["name"]: p for p in data["plugins"]}
+    assert "generator:dcgan" in names["gan_pipe.plugins.models.dcgan"]["components"]
+    assert names["relativistic"]["package"] == "gan-pipe-relativistic"
+
+
+def test_ctrl_c_marks_run_killed(workdir, monkeypatch):
+    from gan_pipe.plugins.losses import bce
+
+    def interrupt(self, x):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bce.NonSaturatingLoss, "discriminator_loss", interrupt)
+    res = runner.invoke(app, ["run", str(write(workdir / "tiny.toml", TINY))])
+    assert res.exit_code == 130 and "KILLED" in res.output
+    (run,) = _client(workdir).search_runs(experiment_ids=["1"])
+    assert run.info.status == "KILLED"
+
+
+def test_schema_and_show():
+    import json
+
+    schema = json.loads(runner.invoke(app, ["schema"]).stdout)
+    assert "experiment" in schema["properties"] and "train" in schema["properties"]
+    shown = json.loads(runner.invoke(app, ["show", str(RECIPES / "dcgan.toml")]).stdout)
+    assert shown["model"]["generator"]["params"]["n_filters"] == 128
+    assert shown["train"]["n_critic"] == 1
