@@ -104,10 +104,18 @@ class RunContext:
     state: dict[str, Any] = field(default_factory=dict)
 
     def generate(self, n: int, batch_size: int = 1000) -> torch.Tensor:
-        """``n`` generator samples in data space (eval mode, no grad), on ``self.device``."""
+        """``n`` generator samples in data space (eval mode, no grad), on ``self.device``.
+
+        Within one evaluation (same ``step``), metrics share the samples: the first call draws
+        them, later calls for at most as many rows reuse them (Parzen and FID score the same
+        10,000 samples instead of running the generator twice).
+        """
         import torch
 
         assert self.generator is not None and self.noise is not None
+        cached = self.state.get("_samples")
+        if cached is not None and cached[0] == self.step and n <= len(cached[1]):
+            return cached[1][:n]
         was_training = self.generator.training
         self.generator.eval()
         out = []
@@ -115,4 +123,6 @@ class RunContext:
             for start in range(0, n, batch_size):
                 out.append(self.generator(self.noise(min(batch_size, n - start))).float())
         self.generator.train(was_training)
-        return torch.cat(out) if out else torch.empty(0, *self.dataset.shape)
+        samples = torch.cat(out) if out else torch.empty(0, *self.dataset.shape)
+        self.state["_samples"] = (self.step, samples)
+        return samples

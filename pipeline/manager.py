@@ -43,6 +43,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gan_pipe.plugins.losses.feature_matching",
     "gan_pipe.plugins.metrics.parzen",
     "gan_pipe.plugins.metrics.divergence",
+    "gan_pipe.plugins.metrics.frechet",
     "gan_pipe.plugins.reports.plots",
 )
 
