@@ -17,6 +17,7 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GAN_PIPE_STRICT_PLUGINS", "0")
+    monkeypatch.setenv("GAN_PIPE_CACHE", str(tmp_path / "cache"))  # cached classifiers
     return tmp_path
 
 

@@ -110,6 +110,7 @@ def shrink(data: dict, mnist_dir) -> dict:
         "parzen": dict(n_samples=64, n_val=16, n_test=32),
         "divergences": dict(n_samples=400, n_kde=300),
         "modes": dict(n_samples=400),
+        "fid": dict(n_samples=64, kid_subsets=5, kid_subset_size=32, epochs=1),
     }
     for m in data["evaluate"].get("metrics", []):
         m.setdefault("params", {}).update(small.get(m["name"], {}))
