@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .context import RunContext
 from .errors import RecipeError, UserError
 from .facade import Plugins
 from .recipe import apply_override, parse_override, resolve
-from .runner import pick_device, seed_everything
+from .runner import new_context, pick_device, seed_everything
 from .tracking import Tracker
 
 
@@ -76,14 +75,7 @@ def reevaluate(
     recipe = resolved.recipe
     device = pick_device(recipe.experiment.device)
     seed_everything(recipe.experiment.seed)
-    ctx = RunContext(
-        recipe=recipe,
-        plugins=plugins,
-        tracker=tracker,
-        device=device,
-        components=resolved.components,
-        params=resolved.params,
-    )
+    ctx = new_context(resolved, plugins, tracker, device)
     plugins.data(ctx)
     plugins.build(ctx)
     assert ctx.generator is not None

@@ -108,6 +108,20 @@ def run_tags(resolved: ResolvedRecipe, device: Any) -> dict[str, str]:
     return tags
 
 
+def new_context(
+    resolved: ResolvedRecipe, plugins: Plugins, tracker: Any, device: Any
+) -> RunContext:
+    """The context every stage of one run (or one re-evaluation) shares."""
+    return RunContext(
+        recipe=resolved.recipe,
+        plugins=plugins,
+        tracker=tracker,
+        device=device,
+        components=resolved.components,
+        params=resolved.params,
+    )
+
+
 def run(
     resolved: ResolvedRecipe,
     plugins: Plugins,
@@ -119,14 +133,7 @@ def run(
     seed_everything(recipe.experiment.seed)
     run_name = f"{recipe.experiment.name}-{secrets.token_hex(3)}"
     tracker = Tracker(recipe.experiment.name, run_name, tags=run_tags(resolved, device))
-    ctx = RunContext(
-        recipe=recipe,
-        plugins=plugins,
-        tracker=tracker,
-        device=device,
-        components=resolved.components,
-        params=resolved.params,
-    )
+    ctx = new_context(resolved, plugins, tracker, device)
     stage = "setup"
     try:
         resolved_dict = resolved.to_dict()
