@@ -283,3 +283,17 @@ def test_schema_and_show():
     shown = json.loads(runner.invoke(app, ["show", str(RECIPES / "dcgan.toml")]).stdout)
     assert shown["model"]["generator"]["params"]["n_filters"] == 128
     assert shown["train"]["n_critic"] == 1
+
+
+def test_tracking_uri_from_the_environment(workdir, monkeypatch):
+    other = workdir / "team"
+    other.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other / 'store.db'}")
+    res = runner.invoke(app, ["run", str(write(workdir / "tiny.toml", TINY)), "--set", "report=[]"])
+    assert res.exit_code == 0, res.output
+    assert not (workdir / "mlflow.db").exists()
+    from mlflow import MlflowClient
+
+    (run,) = MlflowClient(f"sqlite:///{other / 'store.db'}").search_runs(experiment_ids=["1"])
+    assert run.info.status == "FINISHED"
+    assert f"sqlite:///{other / 'store.db'}" in res.output
