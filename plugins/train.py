@@ -152,6 +152,18 @@ class Trainer:
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         real = self._last_real
+        # D's weight gradients are not needed here (they are zeroed before D's next step):
+        # freezing D skips computing them, a third of D's backward pass.
+        d_params = [p for p in self.D.parameters() if p.requires_grad]
+        for p in d_params:
+            p.requires_grad_(False)
+        try:
+            return self._generator_update(real)
+        finally:
+            for p in d_params:
+                p.requires_grad_(True)
+
+    def _generator_update(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast:
             fake = self.G(self.noise(self.cfg.batch_size))
             d_fake = self.D(fake)

@@ -97,3 +97,65 @@ def test_regularizer_terms_are_added(monkeypatch):
     total = Trainer._add_terms(fake, torch.tensor(1.0), extras, "generator_term", x)
     assert total.item() == 3.5 and "reg" in extras
     assert Trainer._add_terms(fake, torch.tensor(1.0), {}, "discriminator_term", x).item() == 1.0
+
+
+def _tiny_trainer(n_critic=1):
+    from gan_pipe.context import Dataset, RunContext
+    from gan_pipe.plugins.losses.bce import NonSaturatingLoss
+    from gan_pipe.plugins.train import Trainer
+    from gan_pipe.recipe import Recipe
+    from gan_pipe.scoring import MemoryTracker
+
+    recipe = Recipe.model_validate(
+        {
+            "experiment": {"name": "t"},
+            "data": {"name": "x"},
+            "model": {"generator": {"name": "g"}, "discriminator": {"name": "d"}},
+            "loss": {"name": "l"},
+            "noise": {"dim": 3},
+            "train": {"batch_size": 8, "steps": 2, "n_critic": n_critic, "progress": False},
+        }
+    )
+    ctx = RunContext(
+        recipe=recipe, plugins=None, tracker=MemoryTracker(), device=torch.device("cpu")
+    )
+    ctx.dataset = Dataset("x", train=torch.randn(32, 2))
+    ctx.generator = torch.nn.Linear(3, 2)
+    ctx.discriminator = torch.nn.Sequential(
+        torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
+    )
+    ctx.loss = NonSaturatingLoss()
+    ctx.noise = lambda n, generator=None: torch.randn(n, 3, generator=generator)
+    return Trainer(ctx)
+
+
+def test_generator_step_updates_only_the_generator():
+    t = _tiny_trainer()
+    t.discriminator_step()
+    d_before = [p.detach().clone() for p in t.D.parameters()]
+    g_before = [p.detach().clone() for p in t.G.parameters()]
+    t.generator_step()
+    assert all(torch.equal(a, b) for a, b in zip(d_before, t.D.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(g_before, t.G.parameters(), strict=True))
+    assert all(p.requires_grad for p in t.D.parameters())  # unfrozen again
+
+
+def test_discriminator_step_updates_only_the_discriminator():
+    t = _tiny_trainer()
+    g_before = [p.detach().clone() for p in t.G.parameters()]
+    d_before = [p.detach().clone() for p in t.D.parameters()]
+    out = t.discriminator_step()
+    assert all(torch.equal(a, b) for a, b in zip(g_before, t.G.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(d_before, t.D.parameters(), strict=True))
+    assert {"d_loss", "d_real", "d_fake", "js_estimate"} <= set(out)
+
+
+def test_loss_means_are_logged_per_log_step():
+    t = _tiny_trainer(n_critic=3)
+    t._add({"d_loss": torch.tensor(1.0)})
+    t._add({"d_loss": torch.tensor(2.0)})
+    t._add({"g_loss": torch.tensor(5.0)})
+    out = t._drain(7)
+    assert out == {"train/d_loss": 1.5, "train/g_loss": 5.0}
+    assert t.ctx.tracker.metrics == out and t.ctx.history["train/d_loss"] == [(7, 1.5)]
+    assert t._drain(8) == {}
