@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import traceback
 from pathlib import Path
@@ -29,10 +30,15 @@ MAX_BATCH = 1000
 MAX_PARAM_LEN = 6000
 
 
+#: The default URI this process set itself (mlflow.set_tracking_uri exports it to the
+#: environment, where it must not be mistaken for a user's server).
+_ours: str | None = None
+
+
 def default_store(cwd: Path | None = None) -> tuple[str, str | None]:
     """(tracking URI, artifact location for new experiments or None for the server's)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
+    if uri and uri != _ours:
         return uri, None
     cwd = (cwd or Path.cwd()).resolve()
     return f"sqlite:///{cwd / 'mlflow.db'}", (cwd / "mlartifacts").as_uri()
@@ -52,17 +58,25 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
-def client() -> Any:
-    """An MlflowClient on the default store (see :func:`default_store`), quiet."""
+def client() -> tuple[Any, str | None]:
+    """(MlflowClient on the default store, artifact location for new experiments).
+
+    The store is decided before ``mlflow.set_tracking_uri``, which writes
+    ``MLFLOW_TRACKING_URI`` into the environment: asking afterwards would mistake our own
+    default for a user's server and lose the ``./mlartifacts`` location.
+    """
     import mlflow
     from mlflow import MlflowClient
 
     # MLflow's own chatter about stores and schema migrations is not the user's business.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    uri, _ = default_store()
+    global _ours
+    uri, artifact_location = default_store()
+    if artifact_location is not None:
+        _ours = uri
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri)
+    return MlflowClient(uri), artifact_location
 
 
 class Tracker:
@@ -80,7 +94,7 @@ class Tracker:
         import mlflow
 
         self._mlflow = mlflow
-        self.client = client()
+        self.client, artifact_location = client()
         self.uri = mlflow.get_tracking_uri()
         self._buffer: list[Any] = []
         self._pending: list[Any] = []
@@ -91,9 +105,11 @@ class Tracker:
             self.run_id: str = attach_to
             self.experiment_id = self.run.info.experiment_id
             return
-        _, artifact_location = default_store()
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
+            if artifact_location is not None:  # one folder per experiment, as a server does
+                safe = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
+                artifact_location = f"{artifact_location}/{safe}"
             exp_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
         else:
             exp_id = exp.experiment_id

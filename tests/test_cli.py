@@ -181,6 +181,12 @@ def test_run_end_to_end_is_tracked(workdir):
             yield from walk(f.path) if f.is_dir else [f.path]
 
     files = set(walk())
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.artifact_location == (workdir / "mlartifacts" / "tiny").as_uri()
+    assert (
+        workdir / "mlartifacts" / "tiny" / run_id / "artifacts" / "plots" / "losses.png"
+    ).exists()
+    assert not (workdir / "mlruns").exists()
     assert {
         "recipe/recipe.toml",
         "recipe/resolved.json",

@@ -31,28 +31,50 @@ if TYPE_CHECKING:
 class _SplitParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_train: int = Field(50_000, gt=0)
-    n_val: int = Field(10_000, ge=0)
-    n_test: int = Field(10_000, ge=0)
-    seed: int = 0
+    n_train: int = Field(50_000, gt=0, description="samples drawn for the training split")
+    n_val: int = Field(10_000, ge=0, description="samples drawn for the validation split (0: none)")
+    n_test: int = Field(10_000, ge=0, description="samples drawn for the test split (0: none)")
+    seed: int = Field(
+        0,
+        description="seed of the drawn samples; each split gets its own seed derived from it, "
+        "so resizing one split leaves the others unchanged",
+    )
 
 
 class Gaussian1DParams(_SplitParams):
-    mu: float = 4.0
-    sigma: float = Field(0.5, gt=0)
+    mu: float = Field(4.0, description="mean of the Gaussian (seed 001: 4)")
+    sigma: float = Field(
+        0.5, gt=0, description="standard deviation of the Gaussian (seed 001: 0.5)"
+    )
 
 
 class RingParams(_SplitParams):
-    radius: float = Field(1.0, gt=0)
-    n_modes: int = Field(8, ge=1)
-    std: float = Field(0.01, gt=0)
+    radius: float = Field(
+        1.0, gt=0, description="radius of the circle the mode centres lie on (VEEGAN: 1)"
+    )
+    n_modes: int = Field(
+        8,
+        ge=1,
+        description="Gaussians evenly spaced in angle, the first at (radius, 0) (VEEGAN: 8)",
+    )
+    std: float = Field(
+        0.01, gt=0, description="standard deviation of each Gaussian per axis (VEEGAN: 0.01)"
+    )
 
 
 class GridParams(_SplitParams):
-    #: Modes per axis; centres are ``(i - (n_per_axis - 1) / 2) * spacing``: {-4,...,4} by default.
-    n_per_axis: int = Field(5, ge=1)
-    spacing: float = Field(2.0, gt=0)
-    std: float = Field(0.05, gt=0)
+    n_per_axis: int = Field(
+        5,
+        ge=1,
+        description="modes per axis (n_per_axis**2 in all); centres are "
+        "(i - (n_per_axis - 1) / 2) * spacing on each axis (VEEGAN: 5)",
+    )
+    spacing: float = Field(
+        2.0, gt=0, description="distance between neighbouring centres (VEEGAN: 2, so {-4,...,4})"
+    )
+    std: float = Field(
+        0.05, gt=0, description="standard deviation of each Gaussian per axis (VEEGAN: 0.05)"
+    )
 
 
 class GaussianMixture:

@@ -28,8 +28,20 @@ class MinimaxParams(BaseModel):
 class NonSaturatingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    real_label: float = Field(1.0, ge=0, le=1, description="0.9 = one-sided label smoothing")
-    fake_label: float = Field(0.0, ge=0, le=1, description="keep 0: smoothing fakes hurts G")
+    real_label: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="D's target on real samples; 0.9 is one-sided label smoothing "
+        "(Salimans et al. 2016)",
+    )
+    fake_label: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="D's target on generated samples; keep 0 (smoothing it rewards G's "
+        "bad samples)",
+    )
 
 
 def _bce(logits, target: float):

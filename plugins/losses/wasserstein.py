@@ -187,4 +187,10 @@ class WGANGPLoss:
 @hookimpl
 def register_losses(register) -> None:
     register("wgan", WGANLoss, params=WGANParams)
-    register("wgan-gp", WGANGPLoss, params=WGANGPParams)
+    register(
+        "wgan-gp",
+        WGANGPLoss,
+        params=WGANGPParams,
+        description="Critic: min -E D(x) + E D(G(z)) + lambda_gp * gradient penalty "
+        "(+ drift * E D(x)^2); G: min -E D(G(z)). Use a critic without BatchNorm.",
+    )

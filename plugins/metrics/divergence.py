@@ -416,7 +416,9 @@ class DivergenceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_samples: int = Field(10_000, ge=2, description="generated (and real) samples")
-    bins: int | None = Field(None, gt=0, description="per axis; default 100 in 1-D, 50 in 2-D")
+    bins: int | None = Field(
+        None, gt=0, description="histogram bins per axis; default 100 in 1-D, 50 in 2-D"
+    )
     range: Range | list[Range] | None = Field(
         None, description="histogram (lo, hi), once or per axis; default real min/max + margin"
     )
@@ -427,7 +429,11 @@ class DivergenceParams(BaseModel):
     kde: bool = Field(True, description="KDE KL against dataset.log_density when known")
     n_kde: int = Field(5000, ge=2, description="generated samples in the KDE")
     bandwidth: float | None = Field(None, gt=0, description="KDE bandwidth; default LOO-CV")
-    seed: int = 0
+    seed: int = Field(
+        0,
+        description="seed of the real samples (when the dataset has a sampler), the sliced-W "
+        "directions and the W1 / KDE subsamples",
+    )
 
 
 class DivergenceMetric:

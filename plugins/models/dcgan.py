@@ -28,12 +28,18 @@ class DCGANGeneratorParams(BaseModel):
     )
     n_blocks: int = Field(2, ge=0, le=6, description="stride-2 upsampling blocks")
     kernel_size: int = Field(5, gt=0, description="odd kernel size of every transposed conv")
-    negative_slope: float = Field(0.2, ge=0, description="LeakyReLU slope (Keras' default is 0.3)")
+    negative_slope: float = Field(
+        0.2,
+        ge=0,
+        description="LeakyReLU slope (DCGAN paper: 0.2; seed 003 used Keras' default, 0.3)",
+    )
     output: Literal["tanh", "sigmoid", "none"] = Field(
         "tanh", description="tanh for data in [-1, 1]"
     )
     init: Literal["dcgan", "default"] = Field(
-        "dcgan", description="dcgan: weights N(0, 0.02), BN N(1, 0.02)"
+        "dcgan",
+        description="dcgan: weights N(0, 0.02), BatchNorm scales N(1, 0.02), biases 0 "
+        "(DCGAN paper, seed 003); default: PyTorch's init",
     )
 
 
@@ -42,13 +48,23 @@ class DCGANDiscriminatorParams(BaseModel):
 
     n_filters: int = Field(64, gt=0, description="channels of the first conv (doubled per block)")
     n_blocks: int = Field(2, ge=0, le=6, description="stride-2 downsampling blocks")
-    kernel_size: int = Field(5, gt=0)
-    negative_slope: float = Field(0.2, ge=0)
+    kernel_size: int = Field(
+        5, gt=0, description="odd kernel size of every conv before the head (seed 003: 5)"
+    )
+    negative_slope: float = Field(
+        0.2,
+        ge=0,
+        description="LeakyReLU slope (DCGAN paper: 0.2; seed 003 used Keras' default, 0.3)",
+    )
     dropout: float = Field(0.3, ge=0, lt=1, description="dropout after each downsampling block")
     norm: Literal["batch", "layer", "none"] = Field(
         "batch", description="'none'/'layer' for WGAN-GP critics"
     )
-    init: Literal["dcgan", "default"] = "dcgan"
+    init: Literal["dcgan", "default"] = Field(
+        "dcgan",
+        description="dcgan: conv weights N(0, 0.02), norm scales N(1, 0.02), biases 0 "
+        "(DCGAN paper, seed 003); default: PyTorch's init",
+    )
 
 
 def _image_shape(spec: ModelSpec, n_blocks: int, who: str) -> tuple[int, int, int]:
