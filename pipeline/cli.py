@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -30,6 +31,17 @@ SetOpt = Annotated[
         "--set", "-s", help="override a key: --set train.lr=1e-4 (repeatable)", show_default=False
     ),
 ]
+
+
+_SETTING = re.compile(
+    r"(^n_|_n_|_n$|n_samples|n_projections|n_ref|bins|smoothing|range_|nonfinite|outside"
+    r"|cached|bandwidth|_std$|n_std|kde_n|n_modes|n_assign)"
+)
+
+
+def _is_setting(key: str) -> bool:
+    """Sizes and settings metrics report beside their values (kept in MLflow, not printed)."""
+    return bool(_SETTING.search(key))
 
 
 def _err(msg: str) -> None:
@@ -79,7 +91,8 @@ def run(recipe: RecipeArg, set_: SetOpt = None) -> None:
         _err("interrupted; the MLflow run is marked KILLED")
         raise typer.Exit(130) from None
     except UserError as e:
-        _err(f"{e} (the MLflow run is marked FAILED)")
+        _err(str(e))
+        typer.echo("The MLflow run is marked FAILED, with this error.", err=True)
         raise typer.Exit(2) from None
     except Exception as e:
         traceback.print_exc()
@@ -91,8 +104,12 @@ def run(recipe: RecipeArg, set_: SetOpt = None) -> None:
     typer.echo(f"  run id:     {result.run_id}")
     typer.echo(f"  experiment: {name} (id {result.experiment_id})")
     typer.echo(f"  steps:      {result.steps} on {result.device}")
-    for key, value in sorted(result.results.items()):
+    headline = {k: v for k, v in result.results.items() if not _is_setting(k)}
+    for key, value in sorted(headline.items()):
         typer.echo(f"  eval/{key}: {value:.6g}")
+    if len(headline) < len(result.results):
+        n = len(result.results) - len(headline)
+        typer.echo(f"  (and {n} sizes and settings of the metrics, under eval/ in MLflow)")
     typer.echo(f"  store:      {result.tracking_uri}")
     typer.echo(f"Open the MLflow UI: {ui_command(result.tracking_uri)}")
 
@@ -188,9 +205,8 @@ def score(
 ) -> None:
     """Score two sample files with any metric, e.g. samples of a generator trained elsewhere.
 
-    A random 10% of the real rows (seed 0) is held out as Parzen's validation split; the
-    rest is the test split the metrics compare with.
-    """
+    A random 10% of the real rows (seed 0) is held out as Parzen's validation split; the rest is the test split the metrics compare with.
+    """  # noqa: E501 (one line per paragraph: the help renderer keeps line breaks)
     from .manager import load_plugins
     from .scoring import score as run_score
 
@@ -222,9 +238,20 @@ def evaluate(
         list[str] | None,
         typer.Option("--metric", "-m", help="evaluate these metrics instead of the recipe's"),
     ] = None,
-    set_: SetOpt = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            help="change evaluate.* only: --set evaluate.metrics.0.params.n_samples=20000",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Re-evaluate a run's final generator into the same run (other metrics, more samples)."""
+    """Re-evaluate a run's final generator into the same run (other metrics, more samples).
+
+    The new values are added at the run's last step; MLflow shows the latest. They differ slightly from the first evaluation: the generated samples are drawn anew.
+    """  # noqa: E501
     from .facade import Plugins
     from .manager import load_plugins
     from .reevaluate import reevaluate

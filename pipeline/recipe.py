@@ -183,7 +183,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         )
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as e:
+        if raw[:1] in "[{\"'":
+            # Meant as a TOML list, table or string: a typo here is not a bare word.
+            raise RecipeError("--set", [f"{item!r}: the value is not valid TOML ({e})"]) from None
         value = raw
     return key.split("."), value
 
@@ -338,13 +341,25 @@ def load_recipe(
     """Load, override and validate a recipe file. Raises :class:`RecipeError`."""
     path = Path(path)
     data, text = load_toml(path)
+    overridden: list[str] = []
     for item in overrides or []:
         keys, value = parse_override(item)
         try:
             apply_override(data, keys, value)
         except RecipeError as e:
             raise RecipeError(str(path), e.problems) from None
-    return resolve(data, registry, str(path), text)
+        overridden.append(".".join(keys))
+    try:
+        return resolve(data, registry, str(path), text)
+    except RecipeError as e:
+        # Say which problems come from --set, not from the file.
+        problems = [
+            p + " (set with --set)"
+            if any(p.startswith((k + " ", k + ":", k + ".")) for k in overridden)
+            else p
+            for p in e.problems
+        ]
+        raise RecipeError(e.source, problems) from None
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -48,10 +48,16 @@ class ScoreContext:
     tracker: MemoryTracker = field(default_factory=MemoryTracker)
     step: int = 0
     notes: list[str] = field(default_factory=list)
+    metric: str = ""
 
     def generate(self, n: int, batch_size: int = 0) -> Any:
         if n > len(self.fake):
-            self.notes.append(f"a metric asked for {n} samples; the fake file has {len(self.fake)}")
+            note = (
+                f"{self.metric} asked for {n} generated samples; the fake file has "
+                f"{len(self.fake)}, so it uses those (--param {self.metric}.n_samples=N)"
+            )
+            if note not in self.notes:
+                self.notes.append(note)
         return self.fake[:n].to(self.device)
 
 
@@ -130,6 +136,14 @@ def score(
             is_image=real.ndim == 4,
         )
     ctx = ScoreContext(dataset=ds, fake=fake, device=torch.device(device))
+    lo, hi = value_range
+    for what, x in (("real", real), ("fake", fake)):
+        if dataset is None and (x.min() < lo or x.max() > hi):
+            ctx.notes.append(
+                f"{what} values span [{x.min():.3g}, {x.max():.3g}], outside --range "
+                f"{lo:g},{hi:g}; Parzen maps --range to [0, 1], so give the data's range "
+                "(e.g. --range -1,1)"
+            )
     values: dict[str, float] = {}
     for name in metrics:
         comp = registry.get("metric", name)
@@ -138,5 +152,14 @@ def score(
         except ValidationError as e:
             lines = format_validation_errors(e, comp.params, prefix=name)
             raise UserError("bad --param: " + "; ".join(lines)) from None
+        ctx.metric = name
         values.update(comp.factory(p).compute(ctx))
+        grid = getattr(p, "sigmas", None)
+        if "parzen_sigma" in values and grid and getattr(p, "sigma", None) is None:
+            if values["parzen_sigma"] in (min(grid), max(grid)):
+                ctx.notes.append(
+                    f"{name}: the chosen sigma {values['parzen_sigma']:.3g} is at the edge of "
+                    f"the grid [{min(grid):.3g}, {max(grid):.3g}]; the best sigma may lie "
+                    f"outside it (check --range, or --param {name}.sigmas=[...])"
+                )
     return values, ctx.notes

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -44,18 +46,30 @@ def default_store(cwd: Path | None = None) -> tuple[str, str | None]:
     return f"sqlite:///{cwd / 'mlflow.db'}", (cwd / "mlartifacts").as_uri()
 
 
+def _mlflow_exe() -> str:
+    """``mlflow`` when it is on PATH, else the one beside this Python (an unactivated venv)."""
+    if shutil.which("mlflow"):
+        return "mlflow"
+    exe = Path(sys.executable).parent / "mlflow"
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
+
+
 def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on this store."""
+    mlflow_exe = _mlflow_exe()
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :])
         try:
             shown = path.relative_to(Path.cwd())
         except ValueError:
             shown = path
-        return f"mlflow ui --backend-store-uri sqlite:///{shown}"
+        return f"{mlflow_exe} ui --backend-store-uri sqlite:///{shown}"
     if uri.startswith(("http://", "https://", "databricks")):
         return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+    return f"{mlflow_exe} ui --backend-store-uri {uri}"
 
 
 def client() -> tuple[Any, str | None]:

@@ -24,31 +24,33 @@ class _Bar:
 
 
 class _Lines(_Bar):
-    """Off a terminal: one line per ~10% of the run, with the latest losses."""
+    """Off a terminal (CI logs): a line at the first logging step past each ~10% of the run,
+    so every line shows losses measured at the step it names."""
 
     def __init__(self, total: int, title: str) -> None:
         super().__init__()
         self.total, self.title, self.done = total, title, 0
         self.every = max(1, total // 10)
+        self.next_line = self.every
         self.start = time.perf_counter()
-        self.latest = ""
 
     def advance(self) -> None:
         self.done += 1
-        if self.done % self.every == 0 or self.done == self.total:
-            el = time.perf_counter() - self.start
-            eta = el / self.done * (self.total - self.done)
-            print(
-                f"train {self.title}: step {self.done}/{self.total} "
-                f"({100 * self.done / self.total:.0f}%, {el:.0f}s elapsed, ~{eta:.0f}s left)  "
-                f"{self.latest}",
-                file=sys.stderr,
-                flush=True,
-            )
 
     def show(self, metrics: dict[str, float]) -> None:
-        if metrics:
-            self.latest = _fmt(metrics)
+        step = self.done + 1  # show() comes before advance() for the step just trained
+        if not metrics or (step < self.next_line and step < self.total):
+            return
+        self.next_line = (step // self.every + 1) * self.every
+        el = time.perf_counter() - self.start
+        eta = el / step * (self.total - step)
+        print(
+            f"train {self.title}: step {step}/{self.total} "
+            f"({100 * step / self.total:.0f}%, {el:.0f}s elapsed, ~{eta:.0f}s left)  "
+            f"{_fmt(metrics)}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _fmt(metrics: dict[str, float]) -> str:

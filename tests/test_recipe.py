@@ -152,3 +152,15 @@ def test_flatten():
         "a.c": [1, 2],
         "d.0.e": 3,
     }
+
+
+def test_problems_from_the_command_line_say_so(tmp_path, registry):
+    ps = problems(tmp_path, registry, MINIMAL, ["train.lr=fast", "loss.params.real_label=2"])
+    assert ps[0].startswith("train.lr = 'fast'") and ps[0].endswith("(set with --set)")
+    ps = problems(tmp_path, registry, MINIMAL + "\n[train]\nlr = 'slow'\n")
+    assert not ps[0].endswith("(set with --set)")
+
+
+def test_bracketed_override_must_be_toml():
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        parse_override("train.betas=[0.0,0.9")

@@ -126,3 +126,33 @@ def test_bad_inputs(tmp_path):
         ],
     )
     assert res.exit_code == 2 and "bogus" in res.output
+
+
+def test_notes_warn_about_range_and_sigma_at_grid_edge(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "r.npy", rng.normal(4, 0.5, (400, 1)))
+    np.save(tmp_path / "f.npy", rng.normal(4, 0.5, (400, 1)))
+    res = runner.invoke(
+        app,
+        [
+            "score",
+            "--real",
+            str(tmp_path / "r.npy"),
+            "--fake",
+            str(tmp_path / "f.npy"),
+            "-p",
+            "parzen.n_samples=400",
+        ],
+    )
+    assert res.exit_code == 0
+    assert "outside --range 0,1" in res.output
+    assert res.output.count("asked for") == 0
+    # Points 0.001 apart want a sigma far below the grid's smallest, 0.1.
+    np.save(tmp_path / "r.npy", rng.normal(0.5, 0.001, (400, 1)))
+    np.save(tmp_path / "f.npy", rng.normal(0.5, 0.001, (400, 1)))
+    res = runner.invoke(
+        app, ["score", "--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy")]
+    )
+    assert "outside --range" not in res.output
+    assert "sigma 0.1 is at the edge of the grid" in res.output
+    assert res.output.count("parzen asked for 10000 generated samples") == 1

@@ -159,3 +159,17 @@ def test_loss_means_are_logged_per_log_step():
     assert out == {"train/d_loss": 1.5, "train/g_loss": 5.0}
     assert t.ctx.tracker.metrics == out and t.ctx.history["train/d_loss"] == [(7, 1.5)]
     assert t._drain(8) == {}
+
+
+def test_log_lines_off_a_terminal_show_fresh_values(capsys):
+    from gan_pipe.plugins.train_progress import _Lines
+
+    bar = _Lines(total=300, title="t")
+    for step in range(1, 301):
+        if step % 50 == 0:
+            bar.show({"train/d_loss": float(step)})
+        bar.advance()
+    lines = capsys.readouterr().err.strip().splitlines()
+    # One line per logging step past each 10% mark (log_every 50 > 10% of 300 = 30).
+    assert [ln.split()[3] for ln in lines] == [f"{s}/300" for s in (50, 100, 150, 200, 250, 300)]
+    assert all(ln.endswith(f"d_loss {s}") for ln, s in zip(lines, range(50, 301, 50), strict=True))
