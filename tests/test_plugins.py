@@ -137,3 +137,16 @@ def test_installed_example_package_is_found_by_entry_point():
     assert comp.plugin == "relativistic"
     assert ps.infos["relativistic"].distribution == "gan-pipe-relativistic"
     assert not ps.infos["relativistic"].builtin
+
+
+def test_listing_plugins_imports_no_heavy_library():
+    """`gan-pipe plugins` and `validate` must stay fast and never initialise CUDA."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from gan_pipe.manager import load_plugins; load_plugins(); "
+        "print(sorted(m for m in ('torch', 'mlflow', 'matplotlib', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
