@@ -169,8 +169,10 @@ def _classes() -> dict[str, type]:
 
         ``M = x @ T`` reshaped to (N, B, C); ``c_b(i, j) = exp(-||M_ib - M_jb||_1)``;
         ``o(x_i)_b = sum_j c_b(i, j)``; returns ``concat([x, o], dim=1)`` of width
-        ``in_features + kernels``. The sum includes j = i, as the seed does, so every o >= 1
-        (a batch of N identical samples gives o = N). The seed's projection also has a bias;
+        ``in_features + kernels``. The sum includes j = i, as the seed's formula does, so
+        every o >= 1 (a batch of N identical samples gives o = N). (The blog-era upstream code
+        adds an identity matrix to the distances, making the self-term e^-1 instead of 1: a
+        constant shift that the next layer's bias absorbs.) The seed's projection also has a bias;
         it cancels in M_i - M_j, so it is left out. Memory is O(N^2 B C): fine for the small
         batches the technique needs (the seed keeps N under ~16), heavy for N in thousands.
         """
