@@ -268,10 +268,11 @@ def evaluate(
 
 @app.command()
 def schema() -> None:
-    """Print the JSON schema of recipes (for editors that check TOML against a schema)."""
-    from .recipe import Recipe
+    """Print the JSON schema of recipes, component params included (for editors)."""
+    from .manager import load_plugins
+    from .recipe import json_schema
 
-    typer.echo(json.dumps(Recipe.model_json_schema(), indent=2))
+    typer.echo(json.dumps(json_schema(load_plugins().registry), indent=2))
 
 
 def version_callback(value: bool) -> None:

@@ -362,6 +362,43 @@ def load_recipe(
         raise RecipeError(e.source, problems) from None
 
 
+def json_schema(registry: Registry) -> dict[str, Any]:
+    """The recipe's JSON schema, with each component slot narrowed to the registered names
+    and each name's own params schema, so editors catch a typo in ``params`` too."""
+    schema = Recipe.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+
+    def slot(kind: str) -> dict[str, Any]:
+        options = []
+        for name in registry.names(kind):
+            comp = registry.get(kind, name)
+            params = comp.params.model_json_schema(ref_template=f"#/$defs/{kind}.{name}.{{model}}")
+            for key, sub in params.pop("$defs", {}).items():
+                defs[f"{kind}.{name}.{key}"] = sub
+            options.append(
+                {
+                    "type": "object",
+                    "description": comp.description,
+                    "properties": {"name": {"const": name}, "params": params},
+                    "required": ["name"],
+                    "additionalProperties": False,
+                }
+            )
+        return {"oneOf": options} if options else {"$ref": "#/$defs/ComponentRef"}
+
+    props = schema["properties"]
+    props["data"] = slot("dataset")
+    props["loss"] = slot("loss")
+    props["regularizers"]["items"] = slot("regularizer")
+    props["report"]["items"] = slot("report")
+    defs["Model"]["properties"] = {
+        "generator": slot("generator"),
+        "discriminator": slot("discriminator"),
+    }
+    defs["Evaluate"]["properties"]["metrics"]["items"] = slot("metric")
+    return schema
+
+
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}`` (lists use indices)."""
     out: dict[str, Any] = {}

@@ -303,3 +303,20 @@ def test_tracking_uri_from_the_environment(workdir, monkeypatch):
     (run,) = MlflowClient(f"sqlite:///{other / 'store.db'}").search_runs(experiment_ids=["1"])
     assert run.info.status == "FINISHED"
     assert f"sqlite:///{other / 'store.db'}" in res.output
+
+
+def test_schema_checks_component_params():
+    import json
+    import tomllib
+
+    import jsonschema
+    schema = json.loads(runner.invoke(app, ["schema"]).stdout)
+    for path in sorted(RECIPES.glob("*.toml")):
+        jsonschema.validate(tomllib.loads(path.read_text()), schema)
+    bad = tomllib.loads((RECIPES / "dcgan.toml").read_text())
+    bad["loss"]["params"] = {"real_lable": 0.9}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    bad["loss"] = {"name": "no-such-loss"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
