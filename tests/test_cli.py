@@ -310,6 +310,7 @@ def test_schema_checks_component_params():
     import tomllib
 
     import jsonschema
+
     schema = json.loads(runner.invoke(app, ["schema"]).stdout)
     for path in sorted(RECIPES.glob("*.toml")):
         jsonschema.validate(tomllib.loads(path.read_text()), schema)

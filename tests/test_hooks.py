@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from gan_pipe import hookimpl, hookspecs
-from gan_pipe.facade import Plugins
-from gan_pipe.manager import REGISTER_HOOKS, load_plugins
+from gan_pipe.manager import REGISTER_HOOKS
 from gan_pipe.recipe import load_recipe
 from gan_pipe.runner import run
+from gan_pipe.testing import plugins_with
 
 from .conftest import write
 from .test_cli import TINY
@@ -68,8 +68,7 @@ class Recorder:
 
 
 def _run(workdir, plugin, text=TINY):
-    ps = load_plugins(entry_points=False, extra=[(plugin, "recorder")])
-    plugins = Plugins(ps)
+    plugins = plugins_with(plugin)
     resolved = load_recipe(write(workdir / "r.toml", text), plugins.registry)
     return run(resolved, plugins)
 
@@ -97,8 +96,7 @@ def test_stage_error_hook_sees_the_failure(workdir):
         def gan_pipe_data(self, ctx):
             raise RuntimeError("disk on fire")
 
-    ps = load_plugins(entry_points=False, extra=[(rec, "recorder"), (Failing(), "failing")])
-    plugins = Plugins(ps)
+    plugins = plugins_with(rec, Failing())
     resolved = load_recipe(write(workdir / "r.toml", TINY), plugins.registry)
     with pytest.raises(RuntimeError, match="disk on fire"):
         run(resolved, plugins)

@@ -13,18 +13,17 @@ from types import SimpleNamespace
 
 import numpy as np
 import ot
-import pluggy
 import pytest
 import torch
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from gan_pipe import PROJECT, hookspecs
 from gan_pipe.context import Dataset
 from gan_pipe.errors import UserError
 from gan_pipe.plugins.data import synthetic as S
 from gan_pipe.plugins.metrics import divergence as D
-from gan_pipe.registry import Register, Registry
+from gan_pipe.registry import Registry
+from gan_pipe.testing import registry_of
 
 KL_WIDE_NARROW = 47.197  # KL(N(4,.5) || N(4,.05)) = ln 10 + 100/2 - 1/2 - ... (section 6)
 KL_NARROW_WIDE = 1.8076  # KL(N(4,.05) || N(4,.5))
@@ -289,12 +288,7 @@ def _ctx(ds: Dataset, sampler) -> SimpleNamespace:
 
 
 def _registry() -> Registry:
-    pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(hookspecs)
-    pm.register(D, name="divergence")
-    reg = Registry()
-    pm.hook.register_metrics(register=Register(reg, "metric", "divergence"))
-    return reg
+    return registry_of(D)
 
 
 def test_metrics_registered() -> None:

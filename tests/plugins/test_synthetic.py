@@ -5,27 +5,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pluggy
 import pytest
 import torch
 from pydantic import ValidationError
 from scipy import stats
 from scipy.special import logsumexp
 
-from gan_pipe import PROJECT, hookspecs
 from gan_pipe.plugins.data import synthetic as S
-from gan_pipe.registry import Register, Registry
+from gan_pipe.registry import Registry
+from gan_pipe.testing import registry_of
 
 SMALL = {"n_train": 20_000, "n_val": 1_000, "n_test": 5_000}
 
 
 def _registry() -> Registry:
-    pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(hookspecs)
-    pm.register(S, name="synthetic")
-    reg = Registry()
-    pm.hook.register_datasets(register=Register(reg, "dataset", "synthetic"))
-    return reg
+    return registry_of(S)
 
 
 def test_registered_with_params_models() -> None:
