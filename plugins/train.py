@@ -121,6 +121,7 @@ class Trainer:
         self.fixed_noise = self.noise(64, generator=gen)
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_counts: dict[str, int] = {}
+        self._saved_step = -1
         ctx.tracker.log_params(
             {
                 "train.total_steps": self.steps,
@@ -214,27 +215,37 @@ class Trainer:
         self.D.train()
         listeners = ctx.plugins.has_step_listeners()
         self._log_samples(0)
-        with progress_bar(
-            self.steps, enabled=cfg.progress, title=ctx.recipe.experiment.name
-        ) as bar:
-            for step in range(1, self.steps + 1):
-                for _ in range(cfg.n_critic):
-                    d_vals = self.discriminator_step()
-                    self._add(d_vals)
-                self._add(self.generator_step())
-                ctx.step = step
-                if listeners:
-                    ctx.plugins.on_train_step(ctx, step)
-                if step % cfg.log_every == 0 or step == self.steps:
-                    bar.show(self._drain(step))
-                if step % self.sample_every == 0 or step == self.steps:
-                    self._log_samples(step)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step != self.steps:
-                    self._evaluate(step)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint(step)
-                bar.advance()
-        self.save_checkpoint(self.steps)
+        try:
+            with progress_bar(
+                self.steps, enabled=cfg.progress, title=ctx.recipe.experiment.name
+            ) as bar:
+                for step in range(1, self.steps + 1):
+                    for _ in range(cfg.n_critic):
+                        self._add(self.discriminator_step())
+                    self._add(self.generator_step())
+                    ctx.step = step
+                    if listeners:
+                        ctx.plugins.on_train_step(ctx, step)
+                    if step % cfg.log_every == 0 or step == self.steps:
+                        bar.show(self._drain(step))
+                    if step % self.sample_every == 0 or step == self.steps:
+                        self._log_samples(step)
+                    if cfg.eval_every and step % cfg.eval_every == 0 and step != self.steps:
+                        self._evaluate(step)
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint(step)
+                    bar.advance()
+        except KeyboardInterrupt:
+            # Ctrl-C: keep what was trained. The last completed step's weights are saved as a
+            # checkpoint before the run is marked KILLED; losses since the last logging step
+            # are dropped (a half-finished step would skew their mean).
+            self._acc.clear()
+            self._acc_counts.clear()
+            if ctx.step > 0 and self._saved_step != ctx.step:
+                self.save_checkpoint(ctx.step)
+            raise
+        if self._saved_step != self.steps:
+            self.save_checkpoint(self.steps)
         ctx.tracker.flush(wait=False)
         return self.steps
 
@@ -290,6 +301,7 @@ class Trainer:
         return state
 
     def save_checkpoint(self, step: int) -> None:
+        self._saved_step = step
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"checkpoint-{step:07d}.pt"
             torch.save(self.checkpoint_state(step), path)

@@ -268,17 +268,27 @@ def test_plugins_without_builtins_and_json():
     assert names["relativistic"]["package"] == "gan-pipe-relativistic"
 
 
-def test_ctrl_c_marks_run_killed(workdir, monkeypatch):
+def test_ctrl_c_marks_run_killed_and_keeps_a_checkpoint(workdir, monkeypatch):
     from gan_pipe.plugins.losses import bce
 
-    def interrupt(self, x):
-        raise KeyboardInterrupt
+    original = bce.NonSaturatingLoss.discriminator_loss
+    calls = []
 
-    monkeypatch.setattr(bce.NonSaturatingLoss, "discriminator_loss", interrupt)
+    def interrupt_at_step_4(self, x):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(self, x)
+
+    monkeypatch.setattr(bce.NonSaturatingLoss, "discriminator_loss", interrupt_at_step_4)
     res = runner.invoke(app, ["run", str(write(workdir / "tiny.toml", TINY))])
     assert res.exit_code == 130 and "KILLED" in res.output
-    (run,) = _client(workdir).search_runs(experiment_ids=["1"])
+    client = _client(workdir)
+    (run,) = client.search_runs(experiment_ids=["1"])
     assert run.info.status == "KILLED"
+    ckpts = [f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert ckpts == ["checkpoints/checkpoint-0000003.pt"]  # the last completed step
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/d_loss")] == [2]
 
 
 def test_schema_and_show():
