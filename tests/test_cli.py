@@ -128,15 +128,14 @@ def test_console_script_has_no_traceback_for_user_errors(workdir):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_missing_gpu_is_a_user_error_before_any_run(workdir):
+def test_missing_gpu_is_a_user_error_before_any_run(workdir, monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")  # the CPU-only error path cannot be shown here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on GPU machines
     path = write(workdir / "r.toml", TINY)
     res = runner.invoke(app, ["run", str(path), "--set", "experiment.device=cuda"])
     assert res.exit_code == 2 and "no usable CUDA GPU" in res.output
-    assert not (workdir / "mlartifacts").exists()
+    assert not (workdir / "mlartifacts").exists() and not (workdir / "mlflow.db").exists()
 
 
 def _client(workdir):

@@ -89,43 +89,23 @@ def test_modes_with_known_dataset(tmp_path):
 
 
 def test_bad_inputs(tmp_path):
-    np.save(tmp_path / "a.npy", np.zeros((10, 3)))
-    np.save(tmp_path / "b.npy", np.zeros((10, 4)))
-    res = runner.invoke(
-        app, ["score", "--real", str(tmp_path / "a.npy"), "--fake", str(tmp_path / "b.npy")]
-    )
-    assert res.exit_code == 2 and "shape" in res.output
-    res = runner.invoke(
-        app,
-        [
-            "score",
-            "--real",
-            str(tmp_path / "a.npy"),
-            "--fake",
-            str(tmp_path / "a.npy"),
-            "-m",
-            "parzn",
-        ],
-    )
-    assert res.exit_code == 2 and "did you mean 'parzen'" in res.output
+    a, b, junk = (str(tmp_path / n) for n in ("a.npy", "b.npy", "junk.npy"))
+    np.save(a, np.zeros((10, 3)))
+    np.save(b, np.zeros((10, 4)))
     (tmp_path / "junk.npy").write_text("not numpy")
-    res = runner.invoke(
-        app, ["score", "--real", str(tmp_path / "junk.npy"), "--fake", str(tmp_path / "a.npy")]
-    )
-    assert res.exit_code == 2 and "not a .npy" in res.output
-    res = runner.invoke(
-        app,
-        [
-            "score",
-            "--real",
-            str(tmp_path / "a.npy"),
-            "--fake",
-            str(tmp_path / "a.npy"),
-            "-p",
-            "parzen.bogus=1",
-        ],
-    )
-    assert res.exit_code == 2 and "bogus" in res.output
+    cases = [
+        (["--real", a, "--fake", b], "shape"),
+        (["--real", a, "--fake", a, "-m", "parzn"], "did you mean 'parzen'"),
+        (["--real", junk, "--fake", a], "not a .npy"),
+        (["--real", a, "--fake", a, "-p", "parzen.bogus=1"], "bogus"),
+        (["--real", a, "--fake", a, "--range", "0"], "expected two numbers"),
+        (["--real", str(tmp_path / "missing.npy"), "--fake", a], "not found"),
+    ]
+    for args, expected in cases:
+        res = runner.invoke(app, ["score", *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert expected in res.output, (args, res.output)
+        assert "Traceback" not in res.output
 
 
 def test_notes_warn_about_range_and_sigma_at_grid_edge(tmp_path):
