@@ -77,7 +77,6 @@ def run(recipe: RecipeArg, set_: SetOpt = None) -> None:
     except UserError as e:
         raise _fail(e) from None
     from .runner import run as run_recipe
-    from .tracking import ui_command
 
     name = resolved.recipe.experiment.name
     typer.echo(f"gan-pipe {__version__}: running {name} from {recipe}", err=True)
@@ -99,10 +98,17 @@ def run(recipe: RecipeArg, set_: SetOpt = None) -> None:
         _err(f"the run failed: {type(e).__name__}: {e} (the MLflow run is marked FAILED)")
         raise typer.Exit(1) from None
 
+    _summary(result)
+
+
+def _summary(result) -> None:
+    """What a finished run prints: id, headline metrics, where to look."""
+    from .tracking import ui_command
+
     typer.echo("")
     typer.secho(f"run {result.run_name} finished", fg=typer.colors.GREEN, bold=True)
     typer.echo(f"  run id:     {result.run_id}")
-    typer.echo(f"  experiment: {name} (id {result.experiment_id})")
+    typer.echo(f"  experiment: id {result.experiment_id}")
     typer.echo(f"  steps:      {result.steps} on {result.device}")
     headline = {k: v for k, v in result.results.items() if not _is_setting(k)}
     for key, value in sorted(headline.items()):
@@ -264,6 +270,43 @@ def evaluate(
     typer.secho(f"run {run_id}: evaluated the generator of step {step}", fg=typer.colors.GREEN)
     for key, value in sorted(results.items()):
         typer.echo(f"  eval/{key}: {value:.6g}")
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a gan-pipe run")],
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", help="train until this many generator steps in all"),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="train.steps, train.epochs or train.progress only"),
+    ] = None,
+) -> None:
+    """Continue a run from its last checkpoint, in the same MLflow run (after Ctrl-C, or for more steps).
+
+    Nets, optimisers, schedules, batch order and RNG states are restored, so the result is the same as one uninterrupted run.
+    """  # noqa: E501
+    from .facade import Plugins
+    from .manager import load_plugins
+    from .reevaluate import resume as resume_run
+
+    plugins_ = Plugins(load_plugins())
+    try:
+        result = resume_run(
+            run_id,
+            plugins_,
+            steps,
+            set_,
+            on_stage=lambda s: typer.secho(f"[{s}]", fg=typer.colors.CYAN, err=True),
+        )
+    except KeyboardInterrupt:
+        _err("interrupted; the MLflow run is marked KILLED (resume it again later)")
+        raise typer.Exit(130) from None
+    except UserError as e:
+        raise _fail(e) from None
+    _summary(result)
 
 
 @app.command()

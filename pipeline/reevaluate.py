@@ -1,9 +1,11 @@
-"""``gan-pipe evaluate RUN_ID``: run metrics again on a logged generator, into the same run.
+"""Working on logged runs: ``gan-pipe evaluate RUN_ID`` runs metrics again on a run's
+generator, ``gan-pipe resume RUN_ID`` continues its training; both write into that run.
 
 The run's own resolved recipe (artifact ``recipe/resolved.json``) rebuilds the dataset and
 the networks through the same stage hooks a run uses; the last checkpoint supplies the
-weights. Only ``evaluate.*`` may be changed (other metrics, more samples): anything else
-would describe a different experiment than the one the run records.
+weights. evaluate may change only ``evaluate.*`` (other metrics, more samples), resume only
+the length of training: anything else would describe a different experiment than the one
+the run records.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import RecipeError, UserError
 from .facade import Plugins
-from .recipe import apply_override, parse_override, resolve
-from .runner import new_context, pick_device, seed_everything
+from .recipe import ResolvedRecipe, apply_override, parse_override, resolve
+from .runner import RunResult, execute, new_context, pick_device, seed_everything
 from .tracking import Tracker
 
 
@@ -31,13 +34,10 @@ def _latest_checkpoint(tracker: Tracker) -> str:
     return files[-1]
 
 
-def reevaluate(
-    run_id: str,
-    plugins: Plugins,
-    metrics: list[str] | None = None,
-    overrides: list[str] | None = None,
-) -> tuple[dict[str, float], int]:
-    """Evaluate the run's final generator again; returns (results, step)."""
+def load_logged_run(
+    run_id: str, plugins: Plugins, edit: Callable[[dict[str, Any]], None], command: str
+) -> tuple[Tracker, ResolvedRecipe, dict[str, Any]]:
+    """(attached tracker, the run's resolved recipe after ``edit``, its last checkpoint)."""
     import torch
     from mlflow.exceptions import MlflowException
 
@@ -46,7 +46,7 @@ def reevaluate(
     except MlflowException:
         raise UserError(
             f"no run {run_id!r} in the store {_store()}; "
-            "run gan-pipe evaluate from the directory that holds mlflow.db, or set "
+            f"run gan-pipe {command} from the directory that holds mlflow.db, or set "
             "MLFLOW_TRACKING_URI"
         ) from None
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,21 +57,47 @@ def reevaluate(
                 f"run {run_id} has no recipe/resolved.json: not a gan-pipe run?"
             ) from None
         data: dict[str, Any] = json.loads(Path(path).read_text())
-        source = f"run {run_id}"
-        if metrics:
-            data["evaluate"]["metrics"] = [{"name": m, "params": {}} for m in metrics]
-        for item in overrides or []:
-            keys, value = parse_override(item)
-            if keys[0] != "evaluate":
-                raise RecipeError(
-                    "--set",
-                    [f"{item!r}: only evaluate.* can change when re-evaluating a run"],
-                )
-            apply_override(data, keys, value)
-        resolved = resolve(data, plugins.registry, source)
+        edit(data)
+        resolved = resolve(data, plugins.registry, f"run {run_id}")
         ckpt_path = tracker.client.download_artifacts(run_id, _latest_checkpoint(tracker), tmp)
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return tracker, resolved, state
 
+
+def _overrides(items: list[str] | None, allowed: tuple[str, ...], command: str):
+    """An ``edit`` that applies ``--set`` items, refusing keys outside ``allowed``."""
+
+    def edit(data: dict[str, Any]) -> None:
+        for item in items or []:
+            keys, value = parse_override(item)
+            if not ".".join(keys).startswith(allowed):
+                raise RecipeError(
+                    "--set",
+                    [
+                        f"{item!r}: only {', '.join(a + '*' for a in allowed)} can change "
+                        f"in gan-pipe {command}"
+                    ],
+                )
+            apply_override(data, keys, value)
+
+    return edit
+
+
+def reevaluate(
+    run_id: str,
+    plugins: Plugins,
+    metrics: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[dict[str, float], int]:
+    """Evaluate the run's final generator again; returns (results, step)."""
+    apply = _overrides(overrides, ("evaluate.",), "evaluate")
+
+    def edit(data: dict[str, Any]) -> None:
+        if metrics:
+            data["evaluate"]["metrics"] = [{"name": m, "params": {}} for m in metrics]
+        apply(data)
+
+    tracker, resolved, state = load_logged_run(run_id, plugins, edit, "evaluate")
     recipe = resolved.recipe
     device = pick_device(recipe.experiment.device)
     seed_everything(recipe.experiment.seed)
@@ -102,3 +128,36 @@ def _store() -> str:
     from .tracking import default_store
 
     return default_store()[0]
+
+
+def resume(
+    run_id: str,
+    plugins: Plugins,
+    steps: int | None = None,
+    overrides: list[str] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Continue training a run from its last checkpoint, in the same MLflow run.
+
+    The checkpoint restores both nets, both optimisers and schedules, the step, the batch
+    order and the RNG states, so the continued run trains exactly as an uninterrupted one.
+    """
+    items = list(overrides or [])
+    if steps is not None:
+        items.append(f"train.steps={steps}")
+    edit = _overrides(items, ("train.steps", "train.epochs", "train.progress"), "resume")
+    loader, resolved, state = load_logged_run(run_id, plugins, edit, "resume")
+    device = pick_device(resolved.recipe.experiment.device)
+    total = resolved.recipe.train.steps
+    if total is not None and total <= int(state["step"]):
+        raise UserError(
+            f"run {run_id} has trained {state['step']} steps and its recipe asks for "
+            f"{total}; ask for more with --steps N"
+        )
+    del loader  # checked; now reopen the run for writing
+    tracker = Tracker("", "", attach_to=run_id, reopen=True)
+    tracker.set_tags({"gan_pipe.resumed_from_step": state["step"]})
+    seed_everything(resolved.recipe.experiment.seed)
+    ctx = new_context(resolved, plugins, tracker, device)
+    ctx.state["resume"] = state
+    return execute(ctx, tracker.run.info.run_name, None, on_stage)

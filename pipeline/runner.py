@@ -134,13 +134,29 @@ def run(
     run_name = f"{recipe.experiment.name}-{secrets.token_hex(3)}"
     tracker = Tracker(recipe.experiment.name, run_name, tags=run_tags(resolved, device))
     ctx = new_context(resolved, plugins, tracker, device)
-    stage = "setup"
-    try:
+
+    def setup() -> None:
         resolved_dict = resolved.to_dict()
         tracker.log_params(flatten(resolved_dict))
         tracker.log_text(resolved.text or json.dumps(resolved_dict, indent=2), "recipe/recipe.toml")
         tracker.log_dict(resolved_dict, "recipe/resolved.json")
         tracker.set_tags(_plugin_tags(plugins, resolved))
+
+    return execute(ctx, run_name, setup, on_stage)
+
+
+def execute(
+    ctx: RunContext,
+    run_name: str,
+    setup: Callable[[], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run the five stages in ``ctx``'s open MLflow run and close it with the true status."""
+    plugins, tracker = ctx.plugins, ctx.tracker
+    stage = "setup"
+    try:
+        if setup is not None:
+            setup()
         for stage in STAGES:
             if on_stage:
                 on_stage(stage)
@@ -177,7 +193,7 @@ def run(
         run_name=run_name,
         results=dict(ctx.results),
         steps=ctx.step,
-        device=str(device),
+        device=str(ctx.device),
     )
 
 

@@ -102,9 +102,11 @@ class Tracker:
         run_name: str,
         tags: dict[str, str] | None = None,
         attach_to: str | None = None,
+        reopen: bool = False,
     ):
         """Start a new run, or with ``attach_to`` log into an existing run without touching
-        its status (``gan-pipe evaluate`` adds results to a finished run)."""
+        its status (``gan-pipe evaluate`` adds results to a finished run); with ``reopen`` too,
+        the run is RUNNING again and :meth:`end` sets its new status (``gan-pipe resume``)."""
         import mlflow
 
         self._mlflow = mlflow
@@ -113,11 +115,13 @@ class Tracker:
         self._buffer: list[Any] = []
         self._pending: list[Any] = []
         self._closed = False
-        self.attached = attach_to is not None
+        self.attached = attach_to is not None and not reopen
         if attach_to is not None:
             self.run = self.client.get_run(attach_to)
             self.run_id: str = attach_to
             self.experiment_id = self.run.info.experiment_id
+            if reopen:
+                mlflow.start_run(run_id=attach_to)
             return
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:

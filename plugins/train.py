@@ -122,13 +122,18 @@ class Trainer:
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_counts: dict[str, int] = {}
         self._saved_step = -1
-        ctx.tracker.log_params(
-            {
-                "train.total_steps": self.steps,
-                "train.amp_enabled": use_amp,
-                "train.batches_per_epoch": self.sampler.per_epoch,
-            }
-        )
+        self.start_step = 0
+        resume = ctx.state.get("resume")
+        if resume is not None:
+            self.load_checkpoint_state(resume)
+        else:
+            ctx.tracker.log_params(
+                {
+                    "train.total_steps": self.steps,
+                    "train.amp_enabled": use_amp,
+                    "train.batches_per_epoch": self.sampler.per_epoch,
+                }
+            )
 
     # ------------------------------------------------------------ one step
     def discriminator_step(self) -> dict[str, torch.Tensor]:
@@ -213,13 +218,15 @@ class Trainer:
         ctx, cfg = self.ctx, self.cfg
         self.G.train()
         self.D.train()
+        ctx.step = self.start_step
         listeners = ctx.plugins.has_step_listeners()
-        self._log_samples(0)
+        if self.start_step == 0:
+            self._log_samples(0)
         try:
             with progress_bar(
                 self.steps, enabled=cfg.progress, title=ctx.recipe.experiment.name
             ) as bar:
-                for step in range(1, self.steps + 1):
+                for step in range(self.start_step + 1, self.steps + 1):
                     for _ in range(cfg.n_critic):
                         self._add(self.discriminator_step())
                     self._add(self.generator_step())
@@ -244,10 +251,10 @@ class Trainer:
             if ctx.step > 0 and self._saved_step != ctx.step:
                 self.save_checkpoint(ctx.step)
             raise
-        if self._saved_step != self.steps:
-            self.save_checkpoint(self.steps)
+        if self._saved_step != ctx.step:
+            self.save_checkpoint(ctx.step)
         ctx.tracker.flush(wait=False)
-        return self.steps
+        return ctx.step
 
     def _add(self, values: dict[str, torch.Tensor]) -> None:
         for k, v in values.items():
@@ -294,11 +301,31 @@ class Trainer:
             "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
             "rng_cpu": torch.get_rng_state(),
+            "sampler_perm": self.sampler._perm.cpu(),
+            "sampler_i": self.sampler._i,
             "recipe": self.ctx.recipe.model_dump(mode="json"),
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         return state
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Continue exactly where a checkpoint left off: nets, optimisers, schedules, batch
+        order and RNG states (``gan-pipe resume``)."""
+        self.G.load_state_dict(state["generator"])
+        self.D.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        if "sampler_perm" in state:
+            self.sampler._perm = state["sampler_perm"].to(self.device)
+            self.sampler._i = int(state["sampler_i"])
+        self.start_step = int(state["step"])
+        self._saved_step = self.start_step
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 
     def save_checkpoint(self, step: int) -> None:
         self._saved_step = step
