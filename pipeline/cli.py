@@ -6,8 +6,9 @@ import json
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -48,16 +49,46 @@ def _err(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
 
 
-def _load(recipe: Path, overrides: list[str] | None):
+def _plugins():
+    """Every command's plugins: built-ins plus installed packages, broken ones warned about."""
     from .facade import Plugins
     from .manager import failure_lines, load_plugins
-    from .recipe import load_recipe
 
     ps = load_plugins()
     for line in failure_lines(ps):
         typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
-    plugins = Plugins(ps)
+    return Plugins(ps)
+
+
+def _load(recipe: Path, overrides: list[str] | None):
+    from .recipe import load_recipe
+
+    plugins = _plugins()
     return load_recipe(recipe, plugins.registry, overrides), plugins
+
+
+def _stage(name: str) -> None:
+    typer.secho(f"[{name}]", fg=typer.colors.CYAN, err=True)
+
+
+def _train(start: Callable[[], Any]) -> Any:
+    """Run or resume training; map what can happen to messages and exit codes."""
+    try:
+        return start()
+    except KeyboardInterrupt:
+        _err("interrupted; the MLflow run is marked KILLED (continue it with gan-pipe resume)")
+        raise typer.Exit(130) from None
+    except RecipeError as e:
+        raise _fail(e) from None
+    except UserError as e:  # a missing data file, say: the user's to fix, no traceback
+        _err(str(e))
+        for note in getattr(e, "__notes__", []):
+            typer.echo(f"{note}.", err=True)
+        raise typer.Exit(2) from None
+    except Exception as e:  # a bug: the traceback (with the run's note) helps its report
+        traceback.print_exc()
+        _err(f"the run failed: {type(e).__name__}: {e}")
+        raise typer.Exit(1) from None
 
 
 def _fail(e: BaseException) -> typer.Exit:
@@ -80,23 +111,7 @@ def run(recipe: RecipeArg, set_: SetOpt = None) -> None:
 
     name = resolved.recipe.experiment.name
     typer.echo(f"gan-pipe {__version__}: running {name} from {recipe}", err=True)
-    try:
-        result = run_recipe(
-            resolved,
-            plugins,
-            on_stage=lambda s: typer.secho(f"[{s}]", fg=typer.colors.CYAN, err=True),
-        )
-    except KeyboardInterrupt:
-        _err("interrupted; the MLflow run is marked KILLED")
-        raise typer.Exit(130) from None
-    except UserError as e:
-        _err(str(e))
-        typer.echo("The MLflow run is marked FAILED, with this error.", err=True)
-        raise typer.Exit(2) from None
-    except Exception as e:
-        traceback.print_exc()
-        _err(f"the run failed: {type(e).__name__}: {e} (the MLflow run is marked FAILED)")
-        raise typer.Exit(1) from None
+    result = _train(lambda: run_recipe(resolved, plugins, on_stage=_stage))
 
     _summary(result)
 
@@ -213,7 +228,6 @@ def score(
 
     A random 10% of the real rows (seed 0) is held out as Parzen's validation split; the rest is the test split the metrics compare with.
     """  # noqa: E501 (one line per paragraph: the help renderer keeps line breaks)
-    from .manager import load_plugins
     from .scoring import score as run_score
 
     try:
@@ -221,10 +235,9 @@ def score(
     except ValueError:
         _err(f"--range {value_range!r}: expected two numbers LO,HI, e.g. 0,1 or -1,1")
         raise typer.Exit(2) from None
-    ps = load_plugins()
     try:
         values, notes = run_score(
-            ps.registry, real, fake, metric or ["parzen"], param, (lo, hi), dataset
+            _plugins().registry, real, fake, metric or ["parzen"], param, (lo, hi), dataset
         )
     except UserError as e:
         raise _fail(e) from None
@@ -258,11 +271,9 @@ def evaluate(
 
     The new values are added at the run's last step; MLflow shows the latest. They differ slightly from the first evaluation: the generated samples are drawn anew.
     """  # noqa: E501
-    from .facade import Plugins
-    from .manager import load_plugins
     from .reevaluate import reevaluate
 
-    plugins_ = Plugins(load_plugins())
+    plugins_ = _plugins()
     try:
         results, step = reevaluate(run_id, plugins_, metric, set_)
     except UserError as e:
@@ -288,24 +299,10 @@ def resume(
 
     Nets, optimisers, schedules, batch order and RNG states are restored, so the result is the same as one uninterrupted run.
     """  # noqa: E501
-    from .facade import Plugins
-    from .manager import load_plugins
     from .reevaluate import resume as resume_run
 
-    plugins_ = Plugins(load_plugins())
-    try:
-        result = resume_run(
-            run_id,
-            plugins_,
-            steps,
-            set_,
-            on_stage=lambda s: typer.secho(f"[{s}]", fg=typer.colors.CYAN, err=True),
-        )
-    except KeyboardInterrupt:
-        _err("interrupted; the MLflow run is marked KILLED (resume it again later)")
-        raise typer.Exit(130) from None
-    except UserError as e:
-        raise _fail(e) from None
+    plugins_ = _plugins()
+    result = _train(lambda: resume_run(run_id, plugins_, steps, set_, on_stage=_stage))
     _summary(result)
 
 

@@ -184,6 +184,7 @@ def execute(
             plugins.on_stage_error(ctx, stage, e)
         finally:
             tracker.end("FAILED", error=e)
+            e.add_note(f"MLflow run {tracker.run_id} is marked FAILED with this error")
         raise
     tracker.end("FINISHED")
     return RunResult(

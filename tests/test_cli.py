@@ -373,3 +373,16 @@ def test_resume_equals_an_uninterrupted_run(workdir, tmp_path_factory):
     d_straight = [m.value for m in client.get_metric_history(straight, "train/d_loss")]
     d_resumed = [m.value for m in client.get_metric_history(part, "train/d_loss")]
     assert d_straight == d_resumed
+
+
+def test_missing_data_is_a_user_error_and_the_run_says_failed(workdir):
+    text = TINY.replace('name = "digits"', 'name = "mnist"').replace(
+        "image_size = 16\nval_size = 100\ntest_size = 100",
+        f'data_dir = "{workdir / "nodata"}"\ndownload = false',
+    )
+    res = runner.invoke(app, ["run", str(write(workdir / "m.toml", text))])
+    assert res.exit_code == 2, res.output
+    assert "train-images-idx3-ubyte" in res.output and "Traceback" not in res.output
+    (run,) = _client(workdir).search_runs(experiment_ids=["1"])
+    assert run.info.status == "FAILED"
+    assert f"MLflow run {run.info.run_id} is marked FAILED" in res.output
