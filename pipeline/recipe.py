@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import RecipeError, close_matches
+from .errors import RecipeError, did_you_mean
 from .registry import Component, Registry
 
 
@@ -274,11 +274,9 @@ def format_validation_errors(
         value = err.get("input")
         if err["type"] == "extra_forbidden":
             known = _fields_at(model, loc[:-1])
-            hint = close_matches(str(loc[-1]), known)
-            msg = f"{where} = {value!r}: unknown key"
-            if hint:
-                msg += f"; did you mean {', '.join(repr(h) for h in hint)}?"
-            elif known:
+            hint = did_you_mean(str(loc[-1]), known)
+            msg = f"{where} = {value!r}: unknown key{hint}"
+            if not hint and known:
                 msg += f"; allowed keys here: {', '.join(known)}"
             problems.append(msg)
         elif err["type"] == "missing":
@@ -318,9 +316,7 @@ def resolve(
     for path, kind, ref in component_refs(recipe):
         if not registry.has(kind, ref.name):
             known = registry.names(kind)
-            hint = close_matches(ref.name, known)
-            msg = f"{path}.name = {ref.name!r}: unknown {kind}"
-            msg += f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
+            msg = f"{path}.name = {ref.name!r}: unknown {kind}{did_you_mean(ref.name, known)}"
             msg += f" (known: {', '.join(known) or 'none'})"
             problems.append(msg)
             continue

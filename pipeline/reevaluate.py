@@ -146,7 +146,7 @@ def resume(
     if steps is not None:
         items.append(f"train.steps={steps}")
     edit = _overrides(items, ("train.steps", "train.epochs", "train.progress"), "resume")
-    loader, resolved, state = load_logged_run(run_id, plugins, edit, "resume")
+    _, resolved, state = load_logged_run(run_id, plugins, edit, "resume")
     device = pick_device(resolved.recipe.experiment.device)
     total = resolved.recipe.train.steps
     if total is not None and total <= int(state["step"]):
@@ -154,7 +154,7 @@ def resume(
             f"run {run_id} has trained {state['step']} steps and its recipe asks for "
             f"{total}; ask for more with --steps N"
         )
-    del loader  # checked; now reopen the run for writing
+    # Checked: only now is the run reopened for writing (a refused resume leaves it as it was).
     tracker = Tracker("", "", attach_to=run_id, reopen=True)
     tracker.set_tags({"gan_pipe.resumed_from_step": state["step"]})
     seed_everything(resolved.recipe.experiment.seed)

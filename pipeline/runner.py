@@ -89,7 +89,8 @@ def git_commit(where: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def run_tags(resolved: ResolvedRecipe, device: Any) -> dict[str, str]:
+def run_tags(resolved: ResolvedRecipe, plugins: Plugins, device: Any) -> dict[str, str]:
+    """Versions, device, commit, and which plugin (and distribution) gave each component."""
     import torch
 
     tags = {
@@ -100,6 +101,11 @@ def run_tags(resolved: ResolvedRecipe, device: Any) -> dict[str, str]:
     }
     for path, comp in resolved.components.items():
         tags[f"gan_pipe.component.{path}"] = f"{comp.name} (plugin {comp.plugin})"
+        info = plugins.set.infos.get(comp.plugin)
+        if info is not None:
+            tags[f"gan_pipe.provider.{path}"] = (
+                f"{info.distribution}=={info.version} ({comp.plugin})"
+            )
     commit = git_commit(Path(resolved.source).resolve().parent) or git_commit(Path.cwd())
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -132,7 +138,7 @@ def run(
     device = pick_device(recipe.experiment.device)  # before the run: a user error writes nothing
     seed_everything(recipe.experiment.seed)
     run_name = f"{recipe.experiment.name}-{secrets.token_hex(3)}"
-    tracker = Tracker(recipe.experiment.name, run_name, tags=run_tags(resolved, device))
+    tracker = Tracker(recipe.experiment.name, run_name, tags=run_tags(resolved, plugins, device))
     ctx = new_context(resolved, plugins, tracker, device)
 
     def setup() -> None:
@@ -140,7 +146,6 @@ def run(
         tracker.log_params(flatten(resolved_dict))
         tracker.log_text(resolved.text or json.dumps(resolved_dict, indent=2), "recipe/recipe.toml")
         tracker.log_dict(resolved_dict, "recipe/resolved.json")
-        tracker.set_tags(_plugin_tags(plugins, resolved))
 
     return execute(ctx, run_name, setup, on_stage)
 
@@ -196,15 +201,3 @@ def execute(
         steps=ctx.step,
         device=str(ctx.device),
     )
-
-
-def _plugin_tags(plugins: Plugins, resolved: ResolvedRecipe) -> dict[str, str]:
-    """Which distribution (and version) provided each component of this run."""
-    tags: dict[str, str] = {}
-    for path, comp in resolved.components.items():
-        info = plugins.set.infos.get(comp.plugin)
-        if info is not None:
-            tags[f"gan_pipe.provider.{path}"] = (
-                f"{info.distribution}=={info.version} ({comp.plugin})"
-            )
-    return tags

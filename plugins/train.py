@@ -73,7 +73,6 @@ class BatchSampler:
         self.per_epoch = len(data) // batch_size
         self._perm = torch.empty(0, dtype=torch.long, device=data.device)
         self._i = self.per_epoch
-        self.batches_drawn = 0
 
     def next(self) -> torch.Tensor:
         if self._i >= self.per_epoch:
@@ -81,7 +80,6 @@ class BatchSampler:
             self._i = 0
         idx = self._perm[self._i * self.batch_size : (self._i + 1) * self.batch_size]
         self._i += 1
-        self.batches_drawn += 1
         return self.data.index_select(0, idx)
 
 
@@ -143,7 +141,7 @@ class Trainer:
         with self.autocast:
             d_real = self.D(real)
             d_fake = self.D(fake)
-            inputs = LossInputs(self.D, real, fake.detach(), d_real, d_fake)
+            inputs = LossInputs(self.D, real, fake, d_real, d_fake)
             loss, extras = self.loss.discriminator_loss(inputs)
             loss = self._add_terms(loss, extras, "discriminator_term", inputs)
         self.opt_d.zero_grad(set_to_none=True)
