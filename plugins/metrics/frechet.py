@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gan_pipe import hookimpl
+from gan_pipe.plugins.metrics.sampling import random_rows
 
 if TYPE_CHECKING:
     import numpy as np
@@ -408,16 +409,6 @@ class FrechetParams(BaseModel):
     feature_batch_size: int = Field(500, ge=1, description="rows per feature-extraction batch")
 
 
-def _subset(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    import torch
-
-    if x.shape[0] <= n:
-        return x
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(x.shape[0], generator=g)[:n]
-    return x[idx.to(x.device)]
-
-
 class FrechetMetric:
     """FID and KID of generator samples against the test split, with the real-vs-real floor."""
 
@@ -458,8 +449,8 @@ class FrechetMetric:
             )
 
         n = min(p.n_samples, int(ds.train.shape[0]))
-        reference = _subset(ds.test, p.n_samples, p.seed)
-        real = _subset(ds.train, n, p.seed + 1)
+        reference = random_rows(ds.test, p.n_samples, p.seed)
+        real = random_rows(ds.train, n, p.seed + 1)
         fake = ctx.generate(n)
         if tuple(fake.shape[1:]) != tuple(ds.shape):
             raise UserError(

@@ -245,15 +245,10 @@ class ParzenParams(BaseModel):
 
 
 def _subset(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    import torch
+    """Seed 0 takes the first rows, as the official parzen_ll.py does; others draw at random."""
+    from gan_pipe.plugins.metrics.sampling import random_rows
 
-    if x.shape[0] <= n:
-        return x
-    if seed == 0:
-        return x[:n]
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(x.shape[0], generator=g)[:n]
-    return x[idx.to(x.device)]
+    return x[:n] if seed == 0 else random_rows(x, n, seed)
 
 
 class ParzenMetric:
