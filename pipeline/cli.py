@@ -123,7 +123,7 @@ def _summary(result) -> None:
     typer.echo("")
     typer.secho(f"run {result.run_name} finished", fg=typer.colors.GREEN, bold=True)
     typer.echo(f"  run id:     {result.run_id}")
-    typer.echo(f"  experiment: id {result.experiment_id}")
+    typer.echo(f"  experiment: {result.experiment} (id {result.experiment_id})")
     typer.echo(f"  steps:      {result.steps} on {result.device}")
     headline = {k: v for k, v in result.results.items() if not _is_setting(k)}
     for key, value in sorted(headline.items()):

@@ -29,6 +29,7 @@ STAGES = ("data", "build", "train", "evaluate", "report")
 @dataclass
 class RunResult:
     run_id: str
+    experiment: str
     experiment_id: str
     tracking_uri: str
     run_name: str
@@ -194,6 +195,7 @@ def execute(
     tracker.end("FINISHED")
     return RunResult(
         run_id=tracker.run_id,
+        experiment=ctx.recipe.experiment.name,
         experiment_id=tracker.experiment_id,
         tracking_uri=tracker.uri,
         run_name=run_name,

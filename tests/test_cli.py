@@ -149,6 +149,7 @@ def test_run_end_to_end_is_tracked(workdir):
     res = runner.invoke(app, ["run", str(path), "--set", "train.lr=1e-3"])
     assert res.exit_code == 0, res.output
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in res.output
+    assert "experiment: tiny (id 1)" in res.output
     run_id = next(line.split()[-1] for line in res.output.splitlines() if "run id:" in line)
 
     client = _client(workdir)
