@@ -7,9 +7,13 @@ prints the achieved TFLOP/s of the distance matmul (2 n m d flops; printed on th
 
     python bench/parzen.py                       # full size, sklearn on every point
     python bench/parzen.py --sklearn-n 500       # sklearn timed on 500 points, scaled linearly
+    python bench/parzen.py --device cuda         # fraction of the GPU's spec-sheet peak
     python bench/parzen.py --device cuda --peak-tflops 67
 
-Needs gan_pipe importable (installed, or on PYTHONPATH). No assertions on time.
+On a GPU the fraction of the device's matmul throughput is printed against ``--peak-tflops``,
+or, when it is not given, against the vendor's dense peak for the dtype looked up from the
+device name (``PEAK_TFLOPS``; float32 on the CUDA cores, since the Parzen matmul runs without
+TF32). Needs gan_pipe importable (installed, or on PYTHONPATH). No assertions on time.
 """
 
 from __future__ import annotations
@@ -23,6 +27,35 @@ import torch
 from scipy.special import logsumexp
 
 from gan_pipe.plugins.metrics.parzen import _exact_matmul, parzen_log_likelihood
+
+#: Vendor spec-sheet dense peaks in TFLOP/s: (name fragment, float32 non-tensor, float64 as
+#: DGEMM runs it: on the FP64 tensor cores where there are some). First match wins, so more
+#: specific fragments come first. Sources: NVIDIA's H200, H100, A100, L40S, L4, A10, V100 and
+#: T4 data sheets.
+PEAK_TFLOPS: list[tuple[str, float, float]] = [
+    ("GH200", 67.0, 67.0),
+    ("H200 NVL", 60.0, 60.0),
+    ("H200", 67.0, 67.0),
+    ("H100 NVL", 60.0, 60.0),
+    ("H100 PCIe", 51.0, 51.0),
+    ("H100", 67.0, 67.0),  # SXM5 (name "NVIDIA H100 80GB HBM3")
+    ("A100", 19.5, 19.5),
+    ("L40S", 91.6, 1.4),
+    ("L40", 90.5, 1.4),
+    ("L4", 30.3, 0.5),
+    ("A10", 31.2, 1.0),
+    ("V100", 15.7, 7.8),
+    ("T4", 8.1, 0.25),
+]
+
+
+def spec_peak(device_name: str, dtype: str) -> float | None:
+    """The spec-sheet peak (TFLOP/s) for a CUDA device name and ``float32``/``float64``."""
+    col = 1 if dtype == "float32" else 2
+    for row in PEAK_TFLOPS:
+        if row[0].lower() in device_name.lower():
+            return float(row[col])
+    return None
 
 
 def make_data(kind: str, n: int, d: int, seed: int) -> np.ndarray:
@@ -136,9 +169,14 @@ def main() -> None:
     tf = flops / t_mm / 1e12
     line = f"matmul    : {t_mm:9.3f} s  for the {n}x{d} @ {d}x{m} distance matmul alone"
     line += f" = {tf:.3f} TFLOP/s ({args.dtype}, no TF32)"
-    if args.peak_tflops:
-        line += f", {tf / args.peak_tflops:.1%} of the given peak {args.peak_tflops} TFLOP/s"
-        line += f"; whole Parzen call {flops / t_ours / 1e12 / args.peak_tflops:.1%} of peak"
+    peak, source = args.peak_tflops, "the given"
+    if peak is None and device.type == "cuda":
+        peak, source = spec_peak(where, args.dtype), f"{where}'s spec-sheet"
+    if peak:
+        line += f", {tf / peak:.1%} of {source} peak {peak:g} TFLOP/s"
+        line += f"; whole Parzen call {flops / t_ours / 1e12 / peak:.1%} of peak"
+    elif device.type == "cuda":
+        line += f"; {where} is not in PEAK_TFLOPS: pass --peak-tflops for a fraction"
     print(line)
 
     # ---- scikit-learn
