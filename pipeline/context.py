@@ -102,6 +102,10 @@ class RunContext:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     results: dict[str, float] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    #: Where metrics log their artifacts during the current evaluation, e.g.
+    #: ``f"{ctx.eval_dir}/parzen_sigma_search.json"`` (``eval/step-0001500``; see
+    #: :mod:`gan_pipe.evaluation`).
+    eval_dir: str = "eval"
 
     def generate(self, n: int, batch_size: int = 1000) -> torch.Tensor:
         """``n`` generator samples in data space (eval mode, no grad), on ``self.device``.

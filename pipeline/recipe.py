@@ -128,8 +128,33 @@ class Train(_Strict):
         }
 
 
+class MetricRef(ComponentRef):
+    """A metric, optionally with a ``prefix`` for its keys: the same metric at two settings
+    (``prefix = "fine_"`` logs ``eval/fine_kl``) or two metrics reporting the same key."""
+
+    prefix: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.-]*$",
+        description="put before every key this metric reports (eval/<prefix><key>)",
+    )
+
+
 class Evaluate(_Strict):
-    metrics: list[ComponentRef] = Field(default_factory=list)
+    metrics: list[MetricRef] = Field(default_factory=list)
+
+    @field_validator("metrics")
+    @classmethod
+    def _distinct(cls, metrics: list[MetricRef]) -> list[MetricRef]:
+        seen: dict[tuple[str, str], int] = {}
+        for i, m in enumerate(metrics):
+            if (m.name, m.prefix) in seen:
+                raise ValueError(
+                    f"metrics {seen[m.name, m.prefix]} and {i} are both {m.name!r} with "
+                    f"prefix {m.prefix!r}: their values would overwrite each other; give one a "
+                    f'different `prefix` (e.g. prefix = "{m.name.replace("-", "_")}{i}_")'
+                )
+            seen[m.name, m.prefix] = i
+        return metrics
 
 
 class Recipe(_Strict):
@@ -391,7 +416,11 @@ def json_schema(registry: Registry) -> dict[str, Any]:
         "generator": slot("generator"),
         "discriminator": slot("discriminator"),
     }
-    defs["Evaluate"]["properties"]["metrics"]["items"] = slot("metric")
+    metric = slot("metric")
+    prefix = defs["MetricRef"]["properties"]["prefix"]
+    for option in metric.get("oneOf", []):
+        option["properties"]["prefix"] = prefix
+    defs["Evaluate"]["properties"]["metrics"]["items"] = metric
     return schema
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RecipeError, UserError
+from .evaluation import evaluate
 from .facade import Plugins
 from .recipe import ResolvedRecipe, apply_override, parse_override, resolve
 from .runner import RunResult, execute, new_context, pick_device, seed_everything
@@ -110,13 +111,14 @@ def reevaluate(
         ctx.discriminator.load_state_dict(state["discriminator"])
     ctx.step = int(state["step"])
     ctx.generator.eval()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    where = f"eval/reevaluate-{stamp}"
     try:
-        results = plugins.evaluate(ctx)
+        results = evaluate(ctx, where)
         tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, ctx.step)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
         tracker.log_dict(
             {"evaluate": resolved.to_dict()["evaluate"], "results": results, "step": ctx.step},
-            f"eval/reevaluate-{stamp}.json",
+            f"{where}/settings.json",
         )
         tracker.set_tags({"gan_pipe.reevaluated": stamp})
     finally:

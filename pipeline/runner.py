@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__
 from .context import RunContext
 from .errors import UserError
+from .evaluation import evaluate
 from .facade import Plugins
 from .recipe import ResolvedRecipe, flatten
 from .tracking import Tracker
@@ -174,7 +175,7 @@ def execute(
                 plugins.train(ctx)
                 plugins.on_train_end(ctx)
             elif stage == "evaluate":
-                results = plugins.evaluate(ctx)
+                results = evaluate(ctx)
                 ctx.results.update(results)
                 tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, ctx.step)
                 tracker.flush()

@@ -12,13 +12,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +118,7 @@ class Tracker:
         self.uri = mlflow.get_tracking_uri()
         self._buffer: list[Any] = []
         self._pending: list[Any] = []
+        self._deferred: list[Callable[[], None]] | None = None
         self._closed = False
         self.attached = attach_to is not None and not reopen
         if attach_to is not None:
@@ -173,21 +178,63 @@ class Tracker:
             self.client.log_batch(self.run_id, tags=items, synchronous=True)
 
     # ------------------------------------------------------------ artifacts
+    @contextlib.contextmanager
+    def deferred_artifacts(self) -> Iterator[None]:
+        """Artifacts logged inside the block are written when it succeeds and dropped when it
+        raises, so a failed evaluation leaves no half-written files in the run."""
+        if self._deferred is not None:  # nested: the outer block decides
+            yield
+            return
+        self._deferred = []
+        with tempfile.TemporaryDirectory(prefix="gan-pipe-artifacts-") as tmp:
+            self._deferred_dir = Path(tmp)
+            try:
+                yield
+                pending = self._deferred
+            finally:
+                self._deferred = None
+            for write in pending:
+                write()
+
+    def _write(self, write: Callable[[], None]) -> None:
+        if self._deferred is None:
+            write()
+        else:
+            self._deferred.append(write)
+
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         """An image series: the UI shows one slider over steps per ``key``."""
         self.client.log_image(self.run_id, image, key=key, step=int(step), synchronous=False)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        if self._deferred is None:
+            self.client.log_figure(self.run_id, figure, artifact_file)
+            return
+        # rendered now: the caller may close or change the figure before the block ends
+        path = self._deferred_dir / str(len(self._deferred)) / Path(artifact_file).name
+        path.parent.mkdir()
+        figure.savefig(path)
+        parent = str(Path(artifact_file).parent)
+        self._deferred.append(
+            lambda: self.client.log_artifact(
+                self.run_id, str(path), None if parent == "." else parent
+            )
+        )
 
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
+        data = copy.deepcopy(data) if self._deferred is not None else data
+        self._write(lambda: self.client.log_dict(self.run_id, data, artifact_file))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._write(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+        if self._deferred is not None:  # copied now: the caller may delete its file
+            keep = self._deferred_dir / str(len(self._deferred))
+            keep.mkdir()
+            src, dst = Path(local_path), keep / Path(local_path).name
+            local_path = shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
+        self._write(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path))
 
     def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
         """Log a torch module as an MLflow model (loadable with ``mlflow.pytorch.load_model``)."""

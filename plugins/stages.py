@@ -86,10 +86,22 @@ def gan_pipe_train(ctx: RunContext):
 
 @hookimpl
 def gan_pipe_evaluate(ctx: RunContext) -> dict[str, float]:
+    from gan_pipe.errors import UserError
+
     results: dict[str, float] = {}
-    for i in range(len(ctx.recipe.evaluate.metrics)):
+    owner: dict[str, str] = {}
+    for i, ref in enumerate(ctx.recipe.evaluate.metrics):
         metric = _make(ctx, f"evaluate.metrics.{i}")
-        results.update(metric.compute(ctx))
+        here = f"evaluate.metrics.{i} ({ref.name})"
+        for key, value in metric.compute(ctx).items():
+            key = ref.prefix + key
+            if key in results:
+                raise UserError(
+                    f"{here} and {owner[key]} both report {key!r}; give one of them a "
+                    f'`prefix` (e.g. prefix = "{ref.name.replace("-", "_")}{i}_") so neither '
+                    "value is lost"
+                )
+            results[key], owner[key] = value, here
     return results
 
 

@@ -280,11 +280,9 @@ class Trainer:
         self.ctx.tracker.log_image(grid, key="samples", step=step)
 
     def _evaluate(self, step: int) -> None:
-        self.G.eval()
-        try:
-            results = self.ctx.plugins.evaluate(self.ctx)
-        finally:
-            self.G.train()
+        from gan_pipe.evaluation import evaluate
+
+        results = evaluate(self.ctx)  # own RNG: evaluating does not change training
         self.ctx.tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, step)
         for k, v in results.items():
             self.ctx.history.setdefault(f"eval/{k}", []).append((step, v))

@@ -492,7 +492,7 @@ class FrechetMetric:
                     "reference": "test split",
                     "floor": "training subset vs test split",
                 },
-                "eval/fid.json",
+                f"{getattr(ctx, 'eval_dir', 'eval')}/fid.json",
             )
         return result
 

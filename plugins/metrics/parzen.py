@@ -307,7 +307,7 @@ class ParzenMetric:
                         "n_val": n_val,
                         "dtype": p.dtype,
                     },
-                    "eval/parzen_sigma_search.json",
+                    f"{getattr(ctx, 'eval_dir', 'eval')}/parzen_sigma_search.json",
                 )
 
         ll = parzen_log_likelihood(test, centres, sigma, **kw).double()
