@@ -506,9 +506,9 @@ class ModesMetric:
                 f"metric 'modes' needs a dataset with info['modes'] and info['mode_std'] "
                 f"(ring8, grid25, gaussian-1d); {ctx.dataset.name!r} has none"
             )
-        gen = ctx.generate(self.params.n_samples)
+        gen = as_rows(ctx.generate(self.params.n_samples))
         out = mode_statistics(gen, info["modes"], info["mode_std"], self.params.n_std)
-        out["modes_n_samples"] = float(self.params.n_samples)
+        out["modes_n_samples"] = float(len(gen))  # what the sampler returned, not the request
         out["modes_n_std"] = float(self.params.n_std)
         return out
 

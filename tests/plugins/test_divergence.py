@@ -372,3 +372,13 @@ def test_modes_plugin() -> None:
     assert out["modes"] == 1 and out["modes_kl"] == pytest.approx(math.log(25))
     with pytest.raises(UserError, match="info"):
         D.ModesMetric().compute(_ctx(Dataset(name="x", train=torch.zeros(3, 2)), None))
+
+
+def test_modes_plugin_reports_the_samples_it_got() -> None:
+    """A sampler that returns fewer rows than asked (a small sample file): the count logged is
+    the number the statistics were computed on."""
+    ds = S.ring(S.RingParams(n_train=10, n_val=0, n_test=10))
+    x = ds.sample(700, torch.Generator().manual_seed(0))
+    out = D.ModesMetric().compute(_ctx(ds, lambda n: x[:n]))
+    assert out["modes_n_samples"] == 700 != D.ModesParams().n_samples
+    assert out == {**D.mode_statistics(x, ds.info["modes"], ds.info["mode_std"]), **out}
