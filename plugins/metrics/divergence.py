@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gan_pipe import hookimpl
 
@@ -435,6 +435,21 @@ class DivergenceParams(BaseModel):
         "directions and the W1 / KDE subsamples",
     )
 
+    @field_validator("range")
+    @classmethod
+    def _finite_increasing(cls, value: Range | list[Range] | None) -> Range | list[Range] | None:
+        if value is None:
+            return value
+        pairs = [value] if isinstance(value, tuple) else value
+        if not pairs:
+            raise ValueError("give (lo, hi) once, or one pair per axis; got an empty list")
+        for lo, hi in pairs:
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"range bounds must be finite numbers, got ({lo}, {hi})")
+            if lo >= hi:
+                raise ValueError(f"range needs lo < hi, got ({lo}, {hi})")
+        return value
+
 
 class DivergenceMetric:
     """KL, JS, TV, W1 / sliced W between generated and real samples (by dimension)."""
@@ -444,6 +459,8 @@ class DivergenceMetric:
 
     def compute(self, ctx: Any) -> dict[str, float]:
         import numpy as np
+
+        from gan_pipe.errors import UserError
 
         p, ds = self.params, ctx.dataset
         gen = as_rows(ctx.generate(p.n_samples))
@@ -455,6 +472,11 @@ class DivergenceMetric:
         d = gen.shape[1]
         out: dict[str, float] = {}
         if d <= 2:
+            if isinstance(p.range, list) and len(p.range) not in (1, d):
+                raise UserError(
+                    f"divergences: `range` has {len(p.range)} (lo, hi) pairs but the samples "
+                    f"have {d} dimension(s); give one pair for all axes or one per axis"
+                )
             ranges = _ranges(p.range, real, p.margin)
             h = histogram_divergences(real, gen, p.bins, ranges, p.smoothing)
             out.update(

@@ -15,6 +15,7 @@ import numpy as np
 import ot
 import pytest
 import torch
+from pydantic import ValidationError
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
@@ -326,6 +327,36 @@ def test_divergences_plugin_1d_collapse() -> None:
     # plug-in bias ~ (bins - 1) / n = 0.01, plus ln(1e-4 / eps) / n = 0.0014 per lone sample.
     assert perfect["kl"] < 0.05 and perfect["kl_reverse"] < 0.05 and perfect["js"] < 0.005
     assert perfect["w1"] < 0.02 and perfect["std_ratio"] == pytest.approx(1, abs=0.03)
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ([1, 0], "lo < hi"),
+        ([2, 2], "lo < hi"),
+        ([0, math.inf], "finite"),
+        ([math.nan, 1], "finite"),
+        ([[0, 1], [3, -3]], "lo < hi"),
+        ([], "empty"),
+    ],
+)
+def test_bad_range_is_a_validation_error(bad, match: str) -> None:
+    comp = _registry().get("metric", "divergences")
+    with pytest.raises(ValidationError, match=match):
+        comp.validate_params({"range": bad})
+
+
+def test_range_with_the_wrong_number_of_axes_is_a_user_error() -> None:
+    ds = S.ring(S.RingParams(n_train=10, n_val=0, n_test=10))
+    gen = torch.Generator().manual_seed(0)
+    params = D.DivergenceParams(n_samples=200, kde=False, range=[(-2, 2)] * 3)
+    with pytest.raises(UserError, match="3 .* pairs .* 2 dimension"):
+        D.DivergenceMetric(params).compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
+    # one pair for every axis, or one per axis, are both fine
+    for rng in ([(-2, 2)], [(-2, 2), (-3, 3)]):
+        params = D.DivergenceParams(n_samples=200, kde=False, range=rng)
+        out = D.DivergenceMetric(params).compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
+        assert out["range_hi_1"] == rng[-1][1]
 
 
 def test_divergences_plugin_2d_and_high_dim() -> None:
