@@ -7,11 +7,14 @@ nats. JS is the *divergence* (scipy's ``jensenshannon`` returns its square root)
 Estimators, by dimension (seed-systems section 6):
 
 * 1-D, exact on samples: W1 (``scipy.stats.wasserstein_distance``), the KS statistic.
-* 1-D and 2-D: plug-in KL / JS / TV on a FIXED histogram (bins and range are logged). Mass
-  outside the range falls in one extra "outside" cell, so nothing is silently dropped (on a
-  coarser partition every f-divergence can only shrink, so the result stays a lower bound of
-  the histogram-free value). KL(p||q) is infinite when p has mass in a cell where q has none:
-  then the value returned is the smoothed one and ``*_inf`` = 1 says so. Never NaN.
+* 1-D and 2-D: KL / JS / TV on a FIXED histogram (bins and range are logged). Mass outside
+  the range falls in one extra "outside" cell, so nothing is silently dropped (on a coarser
+  partition every f-divergence can only shrink). JS and TV are the plug-in values. The plug-in
+  KL(p||q) is infinite when p has a sample in a cell where q has none, which with continuous
+  data happens almost always (a sparse tail cell), even for two samples of one distribution;
+  so KL is always computed on Krichevsky-Trofimov estimates (count + a) / (n + a K), a pseudo-
+  count a = 0.5 per cell (logged), and ``*_inf`` = 1 says the unsmoothed plug-in KL is
+  infinite. Never NaN (see :func:`count_divergences`).
 * Where the dataset knows its density (``ctx.dataset.log_density``): Monte-Carlo KL with a
   Gaussian KDE of G (see :func:`density_divergences`).
 * Any dimension: sliced Wasserstein over random directions; in 2-D also exact W1 between
@@ -180,18 +183,18 @@ def _ranges(range_: Range | Sequence[Range] | None, x: np.ndarray, margin: float
     return [(float(lo), float(hi)) for lo, hi in r]
 
 
-def histogram_probs(
+def histogram_counts(
     p: ArrayLike,
     q: ArrayLike,
     bins: int | None = None,
     range: Range | Sequence[Range] | None = None,  # numpy's name for it
     margin: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, list[Range]]:
-    """Cell probabilities of ``p`` and ``q`` on one fixed grid, plus the ranges used.
+    """Cell counts of ``p`` and ``q`` on one fixed grid, plus the ranges used.
 
     ``bins`` per axis (default 100 in 1-D, 50 in 2-D); ``range`` (lo, hi) for every axis or
     one pair per axis, default the joint min/max of both samples (plus ``margin``). The last
-    cell of each vector is the mass outside the range.
+    cell of each vector counts the samples outside the range, so K = bins^d + 1 cells.
     """
     import numpy as np
 
@@ -204,40 +207,69 @@ def histogram_probs(
     bins = bins or (100 if d == 1 else 50)
     ranges = _ranges(range, np.concatenate([p, q]), margin)
 
-    def probs(x: np.ndarray) -> np.ndarray:
-        counts, _ = np.histogramdd(x, bins=[bins] * d, range=ranges)
-        inside = counts.ravel()
-        return np.append(inside, len(x) - inside.sum()) / len(x)
+    def counts(x: np.ndarray) -> np.ndarray:
+        inside = np.histogramdd(x, bins=[bins] * d, range=ranges)[0].ravel()
+        return np.append(inside, len(x) - inside.sum())
 
-    return probs(p), probs(q), ranges
+    return counts(p), counts(q), ranges
 
 
-def discrete_divergences(P: ArrayLike, Q: ArrayLike, smoothing: float = 1e-10) -> dict[str, float]:
-    """KL(P||Q), KL(Q||P), JS, TV between two probability vectors (normalised here).
+def histogram_probs(
+    p: ArrayLike, q: ArrayLike, *args: Any, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray, list[Range]]:
+    """Cell probabilities (counts / n) of :func:`histogram_counts`, same arguments."""
+    cp, cq, ranges = histogram_counts(p, q, *args, **kwargs)
+    return cp / cp.sum(), cq / cq.sum(), ranges
 
-    KL is the plug-in sum P log(P/Q) (0 log 0 = 0). Where it is infinite (P > 0 = Q) the value
-    returned is computed on the smoothed vectors (P + eps) / (1 + K eps) (both sides, K cells)
-    and ``kl_pq_inf`` / ``kl_qp_inf`` is 1.0; a finite KL is returned unsmoothed (exact).
-    JS = (KL(P||M) + KL(Q||M)) / 2 with M = (P + Q) / 2 is always finite, at most ln 2.
+
+def discrete_divergences(P: ArrayLike, Q: ArrayLike) -> dict[str, float]:
+    """Plug-in KL(P||Q), KL(Q||P), JS, TV between two probability vectors (normalised here).
+
+    KL is the sum P log(P/Q) (0 log 0 = 0), unsmoothed: where P > 0 = Q in some cell it is
+    ``inf`` and ``kl_pq_inf`` (``kl_qp_inf`` for KL(Q||P)) is 1.0, never NaN. JS =
+    (KL(P||M) + KL(Q||M)) / 2 with M = (P + Q) / 2 is always finite, at most ln 2. For two
+    samples' cell counts, :func:`count_divergences` gives a finite KL estimate.
     """
     import numpy as np
     from scipy.special import rel_entr
 
     P, Q = _np(P).ravel(), _np(Q).ravel()
     P, Q = P / P.sum(), Q / Q.sum()
-    k = len(P)
-    Ps, Qs = (P + smoothing) / (1 + k * smoothing), (Q + smoothing) / (1 + k * smoothing)
     out: dict[str, float] = {}
-    for key, a, b, a_s, b_s in (("kl_pq", P, Q, Ps, Qs), ("kl_qp", Q, P, Qs, Ps)):
-        kl = float(rel_entr(a, b).sum())
-        infinite = not math.isfinite(kl)
-        out[key] = float(rel_entr(a_s, b_s).sum()) if infinite else kl
-        out[f"{key}_inf"] = float(infinite)
+    for key, a, b in (("kl_pq", P, Q), ("kl_qp", Q, P)):
+        out[key] = float(rel_entr(a, b).sum())
+        out[f"{key}_inf"] = float(math.isinf(out[key]))
     M = 0.5 * (P + Q)
     out["js"] = float(0.5 * rel_entr(P, M).sum() + 0.5 * rel_entr(Q, M).sum())
     out["tv"] = float(0.5 * np.abs(P - Q).sum())
-    out["smoothing"] = float(smoothing)
     return out
+
+
+def count_divergences(
+    count_p: ArrayLike, count_q: ArrayLike, pseudo_count: float = 0.5
+) -> dict[str, float]:
+    """KL both ways, JS, TV from two samples' counts on the same K cells.
+
+    KL is computed on the Krichevsky-Trofimov (Jeffreys) estimates P = (c_p + a) / (n_p + a K)
+    and Q likewise, a = ``pseudo_count`` (0.5) added to every cell of both histograms, always:
+    so the estimator is one definition whether or not a cell is empty, and a tail cell that
+    only one sample reaches adds about (c / n) log(c / a) instead of infinity. Two samples of
+    the same distribution give KL about (K - 1) / n each way. ``kl_pq_inf`` / ``kl_qp_inf``
+    say whether the *unsmoothed* plug-in KL is infinite (a cell with counts on one side
+    only); JS and TV are the unsmoothed plug-in values (always finite); ``smoothing`` is a.
+    """
+    cp, cq = _np(count_p).ravel(), _np(count_q).ravel()
+    if cp.shape != cq.shape or cp.sum() <= 0 or cq.sum() <= 0 or (cp < 0).any() or (cq < 0).any():
+        raise ValueError("need two non-negative count vectors of one length, each with counts")
+    if not pseudo_count > 0:
+        raise ValueError(f"pseudo_count must be > 0, got {pseudo_count}")
+    k = len(cp)
+    plain = discrete_divergences(cp, cq)
+    kt = discrete_divergences(
+        (cp + pseudo_count) / (cp.sum() + pseudo_count * k),
+        (cq + pseudo_count) / (cq.sum() + pseudo_count * k),
+    )
+    return {**plain, "kl_pq": kt["kl_pq"], "kl_qp": kt["kl_qp"], "smoothing": float(pseudo_count)}
 
 
 def histogram_divergences(
@@ -245,22 +277,23 @@ def histogram_divergences(
     q_samples: ArrayLike,
     bins: int | None = None,
     range: Range | Sequence[Range] | None = None,  # numpy's name for it
-    smoothing: float = 1e-10,
+    pseudo_count: float = 0.5,
     margin: float = 0.0,
 ) -> dict[str, float]:
-    """Histogram KL(p||q), KL(q||p), JS, TV (see :func:`discrete_divergences`) on fixed bins.
+    """Histogram KL(p||q), KL(q||p), JS, TV (see :func:`count_divergences`) on fixed bins.
 
     Returns also ``bins`` (per axis), ``range_lo``/``range_hi`` (suffixed ``_<axis>`` in 2-D),
-    ``outside_p``/``outside_q`` (fraction of each sample outside the range), ``smoothing``.
+    ``outside_p``/``outside_q`` (fraction of each sample outside the range), ``smoothing``
+    (the pseudo-count).
     """
-    P, Q, ranges = histogram_probs(p_samples, q_samples, bins, range, margin)
-    out = discrete_divergences(P, Q, smoothing)
+    cp, cq, ranges = histogram_counts(p_samples, q_samples, bins, range, margin)
+    out = count_divergences(cp, cq, pseudo_count)
     d = len(ranges)
     out["bins"] = float(bins or (100 if d == 1 else 50))
     for i, (lo, hi) in enumerate(ranges):
         suffix = "" if d == 1 else f"_{i}"
         out[f"range_lo{suffix}"], out[f"range_hi{suffix}"] = lo, hi
-    out["outside_p"], out["outside_q"] = float(P[-1]), float(Q[-1])
+    out["outside_p"], out["outside_q"] = float(cp[-1] / cp.sum()), float(cq[-1] / cq.sum())
     return out
 
 
@@ -423,7 +456,12 @@ class DivergenceParams(BaseModel):
         None, description="histogram (lo, hi), once or per axis; default real min/max + margin"
     )
     margin: float = Field(0.05, ge=0, description="default range padding, fraction of span")
-    smoothing: float = Field(1e-10, gt=0, description="added to cell probs where KL is inf")
+    smoothing: float = Field(
+        0.5,
+        gt=0,
+        description="pseudo-count added to every histogram cell of both samples for KL "
+        "(0.5: Jeffreys / Krichevsky-Trofimov)",
+    )
     n_projections: int = Field(128, gt=0, description="sliced Wasserstein directions")
     n_assign: int = Field(1000, ge=0, description="2-D exact-W1 subsample size (0: skip)")
     kde: bool = Field(True, description="KDE KL against dataset.log_density when known")

@@ -149,6 +149,35 @@ def test_histogram_kl_and_js_match_scipy_exactly() -> None:
     assert out["kl_pq_inf"] == 0 == out["kl_qp_inf"]
 
 
+def kt(counts: np.ndarray, a: float) -> np.ndarray:
+    """Krichevsky-Trofimov estimate (c + a) / (n + a K), written out for the reference."""
+    return (counts + a) / (counts.sum() + a * len(counts))
+
+
+def test_count_divergences_match_scipy_on_kt_estimates() -> None:
+    """KL from counts is scipy's KL of the (c + a) / (n + a K) vectors; JS, TV unsmoothed."""
+    rng = np.random.default_rng(17)
+    cp, cq = rng.integers(0, 30, 60).astype(float), rng.integers(0, 30, 60).astype(float)
+    cp[3], cq[7] = 0, 0  # an empty cell on each side: both plug-in KLs are infinite
+    for a in (0.5, 1.0, 1e-3):
+        out = D.count_divergences(cp, cq, a)
+        assert out["kl_pq"] == pytest.approx(stats.entropy(kt(cp, a), kt(cq, a)), rel=1e-12)
+        assert out["kl_qp"] == pytest.approx(stats.entropy(kt(cq, a), kt(cp, a)), rel=1e-12)
+        assert out["kl_pq_inf"] == 1 == out["kl_qp_inf"] and out["smoothing"] == a
+        assert out["js"] == pytest.approx(jensenshannon(cp, cq) ** 2, rel=1e-10)
+        assert out["tv"] == pytest.approx(0.5 * np.abs(cp / cp.sum() - cq / cq.sum()).sum())
+    with pytest.raises(ValueError, match="pseudo_count"):
+        D.count_divergences(cp, cq, 0.0)
+
+
+def test_empty_cell_makes_the_plug_in_kl_infinite_and_flagged() -> None:
+    """Probability vectors carry no sample size, so no pseudo-count: inf and the flag."""
+    out = D.discrete_divergences([0.5, 0.5, 0.0], [0.5, 0.25, 0.25])
+    assert out["kl_pq"] == pytest.approx(stats.entropy([0.5, 0.5, 0], [0.5, 0.25, 0.25]))
+    assert out["kl_pq_inf"] == 0 and out["kl_qp"] == math.inf and out["kl_qp_inf"] == 1
+    assert all(not math.isnan(v) for v in out.values())
+
+
 def test_histogram_divergences_2d_match_scipy() -> None:
     rng = np.random.default_rng(8)
     p, q = rng.normal(size=(30_000, 2)), rng.normal(0.2, 1.0, size=(30_000, 2))
@@ -157,29 +186,56 @@ def test_histogram_divergences_2d_match_scipy() -> None:
     assert len(P) == 20 * 20 + 1 and ranges == [(-6.0, 6.0)] * 2
     assert out["js"] == pytest.approx(jensenshannon(P, Q) ** 2, rel=1e-10)
     assert out["range_lo_1"] == -6 and out["range_hi_0"] == 6 and out["bins"] == 20
-    if not out["kl_pq_inf"]:
-        assert out["kl_pq"] == pytest.approx(stats.entropy(P, Q), rel=1e-12)
+    # counts from numpy directly, outside cell appended
+    edges = np.linspace(-6, 6, 21)
+    cp = np.append(np.histogram2d(*p.T, bins=[edges, edges])[0].ravel(), 0)
+    cq = np.append(np.histogram2d(*q.T, bins=[edges, edges])[0].ravel(), 0)
+    cp[-1], cq[-1] = len(p) - cp.sum(), len(q) - cq.sum()
+    assert out["kl_pq"] == pytest.approx(stats.entropy(kt(cp, 0.5), kt(cq, 0.5)), rel=1e-12)
+    assert out["kl_pq_inf"] == float(((cp > 0) & (cq == 0)).any())
 
 
 def test_disjoint_supports() -> None:
-    """Two non-overlapping distributions: JS = ln 2, TV = 1, both KLs infinite and flagged,
-    returned smoothed (finite), never NaN."""
+    """Two non-overlapping distributions: JS = ln 2, TV = 1, both plug-in KLs infinite and
+    flagged; the KL values are the pseudo-count (Krichevsky-Trofimov) ones, never NaN."""
     rng = np.random.default_rng(9)
     p, q = rng.uniform(0, 1, 5000), rng.uniform(2, 3, 5000)
-    out = D.histogram_divergences(p, q, bins=100, smoothing=1e-10)
+    out = D.histogram_divergences(p, q, bins=100)
     assert out["js"] == pytest.approx(math.log(2), abs=1e-12)
     assert out["tv"] == pytest.approx(1.0, abs=1e-12)
     assert out["kl_pq_inf"] == 1.0 and out["kl_qp_inf"] == 1.0
     assert all(math.isfinite(v) for v in out.values())
-    assert out["smoothing"] == 1e-10
-    # the returned value is KL of the smoothed vectors (P + eps) / (1 + K eps): ~ ln(p_bin / eps)
-    P, Q, _ = D.histogram_probs(p, q, bins=100)
-    Ps, Qs = (P + 1e-10) / (1 + len(P) * 1e-10), (Q + 1e-10) / (1 + len(Q) * 1e-10)
-    assert out["kl_pq"] == pytest.approx(stats.entropy(Ps, Qs), rel=1e-12)
-    assert out["kl_qp"] == pytest.approx(stats.entropy(Qs, Ps), rel=1e-12) and out["kl_qp"] > 15
+    assert out["smoothing"] == 0.5
+    edges = np.linspace(min(p.min(), q.min()), max(p.max(), q.max()), 101)
+    cp = np.append(np.histogram(p, edges)[0], 0.0)
+    cq = np.append(np.histogram(q, edges)[0], 0.0)
+    assert out["kl_pq"] == pytest.approx(stats.entropy(kt(cp, 0.5), kt(cq, 0.5)), rel=1e-9)
+    assert out["kl_qp"] == pytest.approx(stats.entropy(kt(cq, 0.5), kt(cp, 0.5)), rel=1e-9)
     # the same sample outside a given range lands in the outside cell, not nowhere
     out = D.histogram_divergences(p, q, bins=10, range=(0, 1))
     assert out["outside_p"] == 0 and out["outside_q"] == 1 and out["tv"] == pytest.approx(1)
+
+
+def test_histogram_kl_of_two_samples_of_one_distribution_is_near_zero() -> None:
+    """N(0,1) vs N(0,1), 100k samples each, 100 bins: a tail bin with samples on one side only
+    makes the plug-in KL infinite (flag up), but the pseudo-count estimate is about
+    (K - 1) / n = 0.001 each way. The previous probability epsilon (1e-10) gave ~12 nats."""
+    rng = np.random.default_rng(18)
+    n = 100_000
+    out = D.histogram_divergences(rng.normal(0, 1, n), rng.normal(0, 1, n), bins=100)
+    assert out["kl_pq_inf"] == 1 or out["kl_qp_inf"] == 1  # the case the pseudo-count is for
+    assert 0 <= out["kl_pq"] < 0.01 and 0 <= out["kl_qp"] < 0.01
+
+
+def test_histogram_kl_shifted_gaussians_closed_form() -> None:
+    """KL(N(0,1) || N(1,1)) = 1/2 both ways. 100k samples each, 100 bins of width ~0.09:
+    discretisation bias < 1e-3, sampling sd about sqrt(2 / n) = 0.0045, pseudo-count bias
+    about (K - 1) / n = 0.001; tolerance 0.03 (> 5 sd)."""
+    rng = np.random.default_rng(19)
+    n = 100_000
+    out = D.histogram_divergences(rng.normal(0, 1, n), rng.normal(1, 1, n), bins=100)
+    assert out["kl_pq"] == pytest.approx(0.5, abs=0.03)
+    assert out["kl_qp"] == pytest.approx(0.5, abs=0.03)
 
 
 def test_histogram_tv_closed_form() -> None:
@@ -198,16 +254,18 @@ def test_histogram_tv_closed_form() -> None:
 
 def test_histogram_kl_closed_forms() -> None:
     """KL(N(4,.05) || N(4,.5)) = 1.8076 from 200k samples each, 400 bins on [2, 6] (width
-    0.01 = std/5 of the narrow one): discretisation bias < 1e-3, plug-in bias about
-    (occupied bins) / 2n < 1e-3, sd about 0.003; tolerance 0.02. The reverse,
+    0.01 = std/5 of the narrow one): discretisation bias < 1e-3, sd about 0.003, and the
+    pseudo-counts move (empty narrow cells) * a / n ~ 1e-3 of the narrow histogram's mass
+    into the wide one's tails, lowering it by about 0.007; tolerance 0.02. The reverse,
     KL(N(4,.5) || N(4,.05)) = 47.197, cannot come from a histogram of samples: the narrow
-    one has no sample in the wide one's tails, so it must be flagged infinite."""
+    one has no sample in the wide one's tails, so it is flagged infinite and the pseudo-count
+    value stays far below the truth (kl_reverse_gauss is the estimate for that case)."""
     rng = np.random.default_rng(11)
     n = 200_000
     narrow, wide = rng.normal(4, 0.05, n), rng.normal(4, 0.5, n)
     out = D.histogram_divergences(narrow, wide, bins=400, range=(2, 6))
     assert out["kl_pq"] == pytest.approx(KL_NARROW_WIDE, abs=0.02) and out["kl_pq_inf"] == 0
-    assert out["kl_qp_inf"] == 1 and math.isfinite(out["kl_qp"]) and out["kl_qp"] > 10
+    assert out["kl_qp_inf"] == 1 and 1 < out["kl_qp"] < KL_WIDE_NARROW / 2
 
 
 # ---------------------------------------------------------------- KDE against a known density
@@ -308,7 +366,9 @@ def test_divergences_plugin_1d_collapse() -> None:
     gen = torch.Generator().manual_seed(0)
     metric = D.DivergenceMetric(D.DivergenceParams(n_kde=2000))
     out = metric.compute(_ctx(ds, lambda n: 4 + 0.05 * torch.randn(n, 1, generator=gen)))
-    assert out["kl_inf"] == 1 and out["kl"] > 10  # smoothed, flagged
+    # plug-in KL(data || G) infinite (G leaves the data's tail bins empty): flagged; the
+    # pseudo-count value is finite and far below the closed form 47.2
+    assert out["kl_inf"] == 1 and 1 < out["kl"] < KL_WIDE_NARROW / 2
     assert out["kl_reverse"] == pytest.approx(KL_NARROW_WIDE, abs=0.1)
     assert out["kl_reverse_kde"] == pytest.approx(KL_NARROW_WIDE, abs=0.1)
     assert out["w1"] == pytest.approx(W1_WIDE_NARROW, abs=0.02)
@@ -317,15 +377,15 @@ def test_divergences_plugin_1d_collapse() -> None:
     s_star = math.sqrt(math.log(10) / 49.5)
     ks = stats.norm.cdf(10 * s_star) - stats.norm.cdf(s_star)  # 0.3991
     assert out["ks"] == pytest.approx(ks, abs=0.02)
-    assert out["bins"] == 100 and out["smoothing"] == 1e-10
+    assert out["bins"] == 100 and out["smoothing"] == 0.5
     assert out["js"] <= math.log(2) and 0 < out["tv"] <= 1
     assert all(math.isfinite(v) for v in out.values())
 
     perfect = metric.compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
     # Sparse tail bins (a sample or two on one side only) can make even a perfect sampler's
-    # plug-in KL infinite: the flag goes up but the smoothed value stays small. Two-sample
-    # plug-in bias ~ (bins - 1) / n = 0.01, plus ln(1e-4 / eps) / n = 0.0014 per lone sample.
-    assert perfect["kl"] < 0.05 and perfect["kl_reverse"] < 0.05 and perfect["js"] < 0.005
+    # plug-in KL infinite: the flag may go up but the pseudo-count value stays about
+    # (K - 1) / n = 0.01 at n = 10k (two-sample bias).
+    assert perfect["kl"] < 0.03 and perfect["kl_reverse"] < 0.03 and perfect["js"] < 0.005
     assert perfect["w1"] < 0.02 and perfect["std_ratio"] == pytest.approx(1, abs=0.03)
 
 
