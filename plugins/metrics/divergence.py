@@ -2,7 +2,9 @@
 
 Conventions: ``p`` is the data distribution, ``q`` (or G) the generator's; every value is in
 nats. JS is the *divergence* (scipy's ``jensenshannon`` returns its square root), so it lies in
-[0, ln 2]. TV is half the L1 distance between probability vectors, in [0, 1].
+[0, ln 2]. TV is half the L1 distance between probability vectors, in [0, 1]. KL directions in
+the ``divergences`` metric: ``kl*`` = KL(data || G) (large when G misses data mass: mode
+dropping), ``kl_reverse*`` = KL(G || data) (large when G puts mass where data has none).
 
 Estimators, by dimension (seed-systems section 6):
 
@@ -15,10 +17,27 @@ Estimators, by dimension (seed-systems section 6):
   so KL is always computed on Krichevsky-Trofimov estimates (count + a) / (n + a K), a pseudo-
   count a = 0.5 per cell (logged), and ``*_inf`` = 1 says the unsmoothed plug-in KL is
   infinite. Never NaN (see :func:`count_divergences`).
+* d <= 3: closed-form KL between Gaussians fitted to both samples (exact for Gaussians, a
+  moment-matched summary otherwise; see :func:`gaussian_fit_divergences`).
 * Where the dataset knows its density (``ctx.dataset.log_density``): Monte-Carlo KL with a
   Gaussian KDE of G (see :func:`density_divergences`).
 * Any dimension: sliced Wasserstein over random directions; in 2-D also exact W1 between
   equal-size subsamples (an assignment problem).
+
+Keys of the ``divergences`` metric (logged as ``eval/<key>``; which appear depends on d):
+
+* ``kl``, ``kl_reverse``, ``kl_inf``, ``kl_reverse_inf``, ``js``, ``tv``: histogram (d <= 2).
+* ``kl_gauss``, ``kl_reverse_gauss``, ``kl_gauss_inf``, ``kl_reverse_gauss_inf``: Gaussian
+  fits (d <= 3).
+* ``kl_kde`` (KL(data || G), an upper-biased "G misses data mass" indicator), ``kl_reverse_kde``,
+  ``kde_bandwidth``, ``kde_n``: KDE against a known density (d <= 3).
+* ``w1``, ``ks``, ``std_ratio`` (G / data), ``mean_gen`` (1-D); ``sw1`` (d >= 2);
+  ``w1_assign`` (2-D); ``nonfinite_gen`` (fraction of generated rows dropped as NaN / inf).
+* Settings and counts, prefixed ``div_`` so they collide with no other metric:
+  ``div_n_samples`` (generated samples used), ``div_n_real`` (real samples used),
+  ``div_bins``, ``div_smoothing`` (the pseudo-count), ``div_range_lo`` / ``div_range_hi``
+  (``_0``, ``_1`` per axis in 2-D), ``div_outside_real`` / ``div_outside_gen`` (fraction
+  outside the range), ``div_gauss_ridge``, ``div_n_projections``, ``div_n_assign``.
 
 ``modes`` is the VEEGAN / PacGAN protocol on mixtures that declare ``info["modes"]`` and
 ``info["mode_std"]`` (see :func:`mode_statistics`).
@@ -431,11 +450,19 @@ def density_divergences(
     :func:`select_bandwidth`; ``log_p`` is called on a float64 torch tensor (N, d).
 
     * ``kl_reverse_kde`` = KL(G||p) ~ mean over generated x of [log q_LOO(x) - log p(x)]
-      (leave-one-out KDE: the entropy term without the self-kernel's upward bias). Reliable:
-      ``log p`` is exact, only G's entropy is estimated.
-    * ``kl_kde`` = KL(p||G) ~ mean over real x of [log p(x) - log q(x)] (needs ``real``).
-      Overestimates wherever p has mass beyond G's samples (the KDE's Gaussian tails): read
-      it as "G misses data mass", not as a precise number.
+      (leave-one-out KDE: the entropy term without the self-kernel's upward bias). Reliable
+      to a few hundredths of a nat: ``log p`` is exact, only G's entropy is estimated. The
+      KDE's smoothing biases it down, so a perfect sampler can give a slightly negative value
+      (-0.02 to -0.06 nats seen on ring8 / grid25, whose modes are narrow): read |value| below
+      about 0.05 as "no detectable difference", not as a negative KL.
+    * ``kl_kde`` = KL(p||G) ~ mean over real x of [log p(x) - log q(x)] (needs ``real``): an
+      upper-biased indicator that G misses data mass, not a measurement. Where p has mass
+      beyond G's samples, log q is the KDE's Gaussian tail, with a bandwidth fitted to G and
+      centred on G's outermost samples: far lighter than any true q's tail, so the value can
+      be off by orders of magnitude, and it grows with ``n_max`` (for G = N(4, .05) against
+      data N(4, .5), true 47.2: about 800 at n_max = 5000, 200 at 2000; about 1e5 for a
+      sampler collapsed on one ring8 mode). Compare runs only at equal ``n_max``; read
+      ``kl_gauss`` for the magnitude where the data are near Gaussian.
     """
     import numpy as np
     import torch
@@ -548,7 +575,11 @@ class DivergenceParams(BaseModel):
 
 
 class DivergenceMetric:
-    """KL, JS, TV, W1 / sliced W between generated and real samples (by dimension)."""
+    """KL (both directions), JS, TV, W1 / sliced W between real and generated samples.
+
+    ``kl`` = KL(data || G), ``kl_reverse`` = KL(G || data); the logged keys are listed in the
+    module docstring.
+    """
 
     def __init__(self, params: DivergenceParams | None = None):
         self.params = params or DivergenceParams()
@@ -580,10 +611,12 @@ class DivergenceMetric:
                 kl_reverse=h.pop("kl_qp"),
                 kl_inf=h.pop("kl_pq_inf"),
                 kl_reverse_inf=h.pop("kl_qp_inf"),
-                outside_real=h.pop("outside_p"),
-                outside_gen=h.pop("outside_q"),
+                js=h.pop("js"),
+                tv=h.pop("tv"),
+                div_outside_real=h.pop("outside_p"),
+                div_outside_gen=h.pop("outside_q"),
             )
-            out.update(h)  # js, tv, bins, smoothing, range_lo/hi
+            out.update({f"div_{k}": v for k, v in h.items()})  # bins, smoothing, range_lo/hi
         if d <= 3 and min(len(real), len(gen)) >= 2:
             g = gaussian_fit_divergences(real, gen)
             out.update(
@@ -600,13 +633,14 @@ class DivergenceMetric:
             out["mean_gen"] = float(gen.mean())
         else:
             out["sw1"] = sliced_wasserstein(real, gen, p.n_projections, 1, p.seed)
-            out["n_projections"] = float(p.n_projections)
+            out["div_n_projections"] = float(p.n_projections)
             if d == 2 and p.n_assign:
                 out["w1_assign"] = w1_assignment(real, gen, p.n_assign, p.seed)
-                out["n_assign"] = float(min(p.n_assign, len(real), len(gen)))
+                out["div_n_assign"] = float(min(p.n_assign, len(real), len(gen)))
         if p.kde and ds.log_density is not None and d <= 3:
             out.update(density_divergences(gen, ds.log_density, real, p.bandwidth, p.n_kde, p.seed))
-        out["n_samples"] = float(len(gen))
+        out["div_n_samples"] = float(len(gen))  # generated samples used (finite rows)
+        out["div_n_real"] = float(len(real))
         out["nonfinite_gen"] = nonfinite  # fraction dropped before everything above
         return out
 
@@ -642,5 +676,14 @@ class ModesMetric:
 
 @hookimpl
 def register_metrics(register: Any) -> None:
-    register("divergences", DivergenceMetric, params=DivergenceParams)
+    register(
+        "divergences",
+        DivergenceMetric,
+        params=DivergenceParams,
+        description="KL both ways, JS, TV, W1 between real data and G, nats: kl = KL(data || G) "
+        "and kl_reverse = KL(G || data) from fixed histograms with a 0.5 pseudo-count (kl_inf, "
+        "kl_reverse_inf flag an infinite plug-in KL); kl_gauss, kl_reverse_gauss (same "
+        "directions) between fitted Gaussians; kl_kde, kl_reverse_kde against a known density; "
+        "settings and sample counts logged as div_*",
+    )
     register("modes", ModesMetric, params=ModesParams)

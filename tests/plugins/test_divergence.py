@@ -442,7 +442,8 @@ def test_divergences_plugin_1d_collapse() -> None:
     s_star = math.sqrt(math.log(10) / 49.5)
     ks = stats.norm.cdf(10 * s_star) - stats.norm.cdf(s_star)  # 0.3991
     assert out["ks"] == pytest.approx(ks, abs=0.02)
-    assert out["bins"] == 100 and out["smoothing"] == 0.5
+    assert out["div_bins"] == 100 and out["div_smoothing"] == 0.5
+    assert out["div_n_samples"] == 10_000 == out["div_n_real"]
     assert out["js"] <= math.log(2) and 0 < out["tv"] <= 1
     assert all(math.isfinite(v) for v in out.values())
 
@@ -481,7 +482,7 @@ def test_range_with_the_wrong_number_of_axes_is_a_user_error() -> None:
     for rng in ([(-2, 2)], [(-2, 2), (-3, 3)]):
         params = D.DivergenceParams(n_samples=200, kde=False, range=rng)
         out = D.DivergenceMetric(params).compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
-        assert out["range_hi_1"] == rng[-1][1]
+        assert out["div_range_hi_1"] == rng[-1][1]
 
 
 def test_divergences_plugin_2d_and_high_dim() -> None:
@@ -490,7 +491,8 @@ def test_divergences_plugin_2d_and_high_dim() -> None:
     params = D.DivergenceParams(n_samples=3000, n_kde=1000, n_assign=300)
     out = D.DivergenceMetric(params).compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
     assert {"kl", "kl_reverse", "js", "tv", "sw1", "w1_assign", "kl_reverse_kde"} <= out.keys()
-    assert "w1" not in out and out["bins"] == 50 and out["n_assign"] == 300
+    assert "w1" not in out and out["div_bins"] == 50 and out["div_n_assign"] == 300
+    assert out["kl_gauss"] < 0.01 and out["kl_gauss_inf"] == 0  # 2-D fits of one distribution
     assert out["sw1"] < 0.05 and out["js"] < 0.05
 
     x = torch.randn(2000, 5)
@@ -498,7 +500,13 @@ def test_divergences_plugin_2d_and_high_dim() -> None:
     out = D.DivergenceMetric(D.DivergenceParams(n_samples=1000)).compute(
         _ctx(flat, lambda n: torch.randn(n, 5, generator=gen) + 1)
     )
-    assert set(out) == {"sw1", "n_projections", "n_samples", "nonfinite_gen"}
+    assert set(out) == {
+        "sw1",
+        "div_n_projections",
+        "div_n_samples",
+        "div_n_real",
+        "nonfinite_gen",
+    }
     # each projection of a unit shift along (1,..,1) moves by theta . 1: E|theta . 1| = 0.69 or so
     assert 0.3 < out["sw1"] < 1.2
 
@@ -515,6 +523,68 @@ def test_divergences_plugin_drops_nonfinite_rows() -> None:
         _ctx(ds, sampler)
     )
     assert out["nonfinite_gen"] == pytest.approx(0.1) and math.isfinite(out["kl"])
+    assert out["div_n_samples"] == 900 and out["div_n_real"] == 1000
+
+
+#: The divergences keys a user reads; everything else is a setting or count, prefixed div_.
+HEADLINE = {
+    "kl",
+    "kl_reverse",
+    "kl_inf",
+    "kl_reverse_inf",
+    "js",
+    "tv",
+    "w1",
+    "ks",
+    "sw1",
+    "w1_assign",
+    "std_ratio",
+    "mean_gen",
+    "kl_gauss",
+    "kl_reverse_gauss",
+    "kl_gauss_inf",
+    "kl_reverse_gauss_inf",
+    "kl_kde",
+    "kl_reverse_kde",
+    "kde_bandwidth",
+    "kde_n",
+    "nonfinite_gen",
+}
+
+
+def test_divergences_auxiliary_keys_are_prefixed_and_count_real_samples() -> None:
+    """1-D and 2-D runs: every key is a headline name or starts with div_; no key another
+    built-in metric logs; div_n_real counts the real rows actually used (a 700-row test split
+    when 1000 were asked for), div_n_samples the generated ones."""
+    gen = torch.Generator().manual_seed(0)
+    x1 = torch.randn(700, 1)
+    x2 = torch.randn(700, 2)
+    one = Dataset(name="one", train=x1, test=x1, log_density=normal_log_density(0, 1))
+    two = Dataset(name="two", train=x2, test=x2)
+    params = D.DivergenceParams(n_samples=1000, n_kde=300, n_assign=200, range=[(-5, 5)])
+    keys = set()
+    for ds, d in ((one, 1), (two, 2)):
+        out = D.DivergenceMetric(params).compute(
+            _ctx(ds, lambda n, d=d: torch.randn(n, d, generator=gen))
+        )
+        assert out["div_n_real"] == 700 and out["div_n_samples"] == 1000
+        keys |= set(out)
+    assert {k for k in keys if not k.startswith("div_")} <= HEADLINE
+    assert {
+        "div_bins",
+        "div_smoothing",
+        "div_range_lo",
+        "div_range_hi_1",
+        "div_outside_real",
+        "div_outside_gen",
+        "div_n_projections",
+        "div_n_assign",
+        "div_gauss_ridge",
+    } <= keys
+    ring = S.ring(S.RingParams(n_train=10, n_val=0, n_test=10))
+    modes = D.ModesMetric().compute(_ctx(ring, lambda n: ring.sample(n, generator=gen)))
+    assert not keys & set(modes)
+    assert not keys & {"n_samples", "bins", "smoothing", "n_projections", "n_assign"}
 
 
 def test_modes_plugin() -> None:
