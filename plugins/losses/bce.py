@@ -4,9 +4,11 @@
 minimises E log(1 - D(G(z))). ``non-saturating``: G maximises E log D(G(z)) instead, and D's
 labels can be smoothed one-sidedly (real 0.9, fake 0: Salimans et al. 2016).
 
-Both log ``d_real``/``d_fake`` (mean D probabilities) and ``js_estimate``: at D's optimum
-V(D, G) = 2 JS(p_data || p_g) - log 4, so (log 4 - d_loss) / 2 estimates the JS divergence
-in nats (an estimate: D is never optimal, and smoothed labels bias it).
+Both log ``d_real``/``d_fake`` (mean D probabilities) and ``js_estimate``: with
+V(D, G) = E log D(x) + E log(1 - D(G(z))) = -(BCE(d_real, 1) + BCE(d_fake, 0)) and, at D's
+optimum, V = 2 JS(p_data || p_g) - log 4, ``js_estimate`` = (log 4 + V) / 2 estimates the JS
+divergence in nats (an estimate: D is never optimal). V is always computed with the unsmoothed
+labels 1 and 0, so label smoothing changes D's training loss but not the estimate's definition.
 """
 
 from __future__ import annotations
@@ -55,10 +57,15 @@ def _d_terms(x: LossInputs, real_label: float, fake_label: float):
     import torch
 
     loss = _bce(x.d_real, real_label) + _bce(x.d_fake, fake_label)
+    if (real_label, fake_label) == (1.0, 0.0):
+        minus_v = loss.detach()
+    else:  # smoothed labels: D's loss is not -V(D, G), recompute V with labels 1 and 0
+        with torch.no_grad():
+            minus_v = _bce(x.d_real, 1.0) + _bce(x.d_fake, 0.0)
     extras = {
         "d_real": torch.sigmoid(x.d_real.float()).mean(),
         "d_fake": torch.sigmoid(x.d_fake.float()).mean(),
-        "js_estimate": (LOG4 - loss.detach()) / 2,
+        "js_estimate": (LOG4 - minus_v) / 2,
     }
     return loss, extras
 

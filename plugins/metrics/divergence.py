@@ -2,20 +2,42 @@
 
 Conventions: ``p`` is the data distribution, ``q`` (or G) the generator's; every value is in
 nats. JS is the *divergence* (scipy's ``jensenshannon`` returns its square root), so it lies in
-[0, ln 2]. TV is half the L1 distance between probability vectors, in [0, 1].
+[0, ln 2]. TV is half the L1 distance between probability vectors, in [0, 1]. KL directions in
+the ``divergences`` metric: ``kl*`` = KL(data || G) (large when G misses data mass: mode
+dropping), ``kl_reverse*`` = KL(G || data) (large when G puts mass where data has none).
 
 Estimators, by dimension (seed-systems section 6):
 
 * 1-D, exact on samples: W1 (``scipy.stats.wasserstein_distance``), the KS statistic.
-* 1-D and 2-D: plug-in KL / JS / TV on a FIXED histogram (bins and range are logged). Mass
-  outside the range falls in one extra "outside" cell, so nothing is silently dropped (on a
-  coarser partition every f-divergence can only shrink, so the result stays a lower bound of
-  the histogram-free value). KL(p||q) is infinite when p has mass in a cell where q has none:
-  then the value returned is the smoothed one and ``*_inf`` = 1 says so. Never NaN.
+* 1-D and 2-D: KL / JS / TV on a FIXED histogram (bins and range are logged). Mass outside
+  the range falls in one extra "outside" cell, so nothing is silently dropped (on a coarser
+  partition every f-divergence can only shrink). JS and TV are the plug-in values. The plug-in
+  KL(p||q) is infinite when p has a sample in a cell where q has none, which with continuous
+  data happens almost always (a sparse tail cell), even for two samples of one distribution;
+  so KL is always computed on Krichevsky-Trofimov estimates (count + a) / (n + a K), a pseudo-
+  count a = 0.5 per cell (logged), and ``*_inf`` = 1 says the unsmoothed plug-in KL is
+  infinite. Never NaN (see :func:`count_divergences`).
+* d <= 3: closed-form KL between Gaussians fitted to both samples (exact for Gaussians, a
+  moment-matched summary otherwise; see :func:`gaussian_fit_divergences`).
 * Where the dataset knows its density (``ctx.dataset.log_density``): Monte-Carlo KL with a
   Gaussian KDE of G (see :func:`density_divergences`).
 * Any dimension: sliced Wasserstein over random directions; in 2-D also exact W1 between
   equal-size subsamples (an assignment problem).
+
+Keys of the ``divergences`` metric (logged as ``eval/<key>``; which appear depends on d):
+
+* ``kl``, ``kl_reverse``, ``kl_inf``, ``kl_reverse_inf``, ``js``, ``tv``: histogram (d <= 2).
+* ``kl_gauss``, ``kl_reverse_gauss``, ``kl_gauss_inf``, ``kl_reverse_gauss_inf``: Gaussian
+  fits (d <= 3).
+* ``kl_kde`` (KL(data || G), an upper-biased "G misses data mass" indicator), ``kl_reverse_kde``,
+  ``kde_bandwidth``, ``kde_n``: KDE against a known density (d <= 3).
+* ``w1``, ``ks``, ``std_ratio`` (G / data), ``mean_gen`` (1-D); ``sw1`` (d >= 2);
+  ``w1_assign`` (2-D); ``nonfinite_gen`` (fraction of generated rows dropped as NaN / inf).
+* Settings and counts, prefixed ``div_`` so they collide with no other metric:
+  ``div_n_samples`` (generated samples used), ``div_n_real`` (real samples used),
+  ``div_bins``, ``div_smoothing`` (the pseudo-count), ``div_range_lo`` / ``div_range_hi``
+  (``_0``, ``_1`` per axis in 2-D), ``div_outside_real`` / ``div_outside_gen`` (fraction
+  outside the range), ``div_gauss_ridge``, ``div_n_projections``, ``div_n_assign``.
 
 ``modes`` is the VEEGAN / PacGAN protocol on mixtures that declare ``info["modes"]`` and
 ``info["mode_std"]`` (see :func:`mode_statistics`).
@@ -29,7 +51,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gan_pipe import hookimpl
 
@@ -180,18 +202,18 @@ def _ranges(range_: Range | Sequence[Range] | None, x: np.ndarray, margin: float
     return [(float(lo), float(hi)) for lo, hi in r]
 
 
-def histogram_probs(
+def histogram_counts(
     p: ArrayLike,
     q: ArrayLike,
     bins: int | None = None,
     range: Range | Sequence[Range] | None = None,  # numpy's name for it
     margin: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, list[Range]]:
-    """Cell probabilities of ``p`` and ``q`` on one fixed grid, plus the ranges used.
+    """Cell counts of ``p`` and ``q`` on one fixed grid, plus the ranges used.
 
     ``bins`` per axis (default 100 in 1-D, 50 in 2-D); ``range`` (lo, hi) for every axis or
     one pair per axis, default the joint min/max of both samples (plus ``margin``). The last
-    cell of each vector is the mass outside the range.
+    cell of each vector counts the samples outside the range, so K = bins^d + 1 cells.
     """
     import numpy as np
 
@@ -204,40 +226,69 @@ def histogram_probs(
     bins = bins or (100 if d == 1 else 50)
     ranges = _ranges(range, np.concatenate([p, q]), margin)
 
-    def probs(x: np.ndarray) -> np.ndarray:
-        counts, _ = np.histogramdd(x, bins=[bins] * d, range=ranges)
-        inside = counts.ravel()
-        return np.append(inside, len(x) - inside.sum()) / len(x)
+    def counts(x: np.ndarray) -> np.ndarray:
+        inside = np.histogramdd(x, bins=[bins] * d, range=ranges)[0].ravel()
+        return np.append(inside, len(x) - inside.sum())
 
-    return probs(p), probs(q), ranges
+    return counts(p), counts(q), ranges
 
 
-def discrete_divergences(P: ArrayLike, Q: ArrayLike, smoothing: float = 1e-10) -> dict[str, float]:
-    """KL(P||Q), KL(Q||P), JS, TV between two probability vectors (normalised here).
+def histogram_probs(
+    p: ArrayLike, q: ArrayLike, *args: Any, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray, list[Range]]:
+    """Cell probabilities (counts / n) of :func:`histogram_counts`, same arguments."""
+    cp, cq, ranges = histogram_counts(p, q, *args, **kwargs)
+    return cp / cp.sum(), cq / cq.sum(), ranges
 
-    KL is the plug-in sum P log(P/Q) (0 log 0 = 0). Where it is infinite (P > 0 = Q) the value
-    returned is computed on the smoothed vectors (P + eps) / (1 + K eps) (both sides, K cells)
-    and ``kl_pq_inf`` / ``kl_qp_inf`` is 1.0; a finite KL is returned unsmoothed (exact).
-    JS = (KL(P||M) + KL(Q||M)) / 2 with M = (P + Q) / 2 is always finite, at most ln 2.
+
+def discrete_divergences(P: ArrayLike, Q: ArrayLike) -> dict[str, float]:
+    """Plug-in KL(P||Q), KL(Q||P), JS, TV between two probability vectors (normalised here).
+
+    KL is the sum P log(P/Q) (0 log 0 = 0), unsmoothed: where P > 0 = Q in some cell it is
+    ``inf`` and ``kl_pq_inf`` (``kl_qp_inf`` for KL(Q||P)) is 1.0, never NaN. JS =
+    (KL(P||M) + KL(Q||M)) / 2 with M = (P + Q) / 2 is always finite, at most ln 2. For two
+    samples' cell counts, :func:`count_divergences` gives a finite KL estimate.
     """
     import numpy as np
     from scipy.special import rel_entr
 
     P, Q = _np(P).ravel(), _np(Q).ravel()
     P, Q = P / P.sum(), Q / Q.sum()
-    k = len(P)
-    Ps, Qs = (P + smoothing) / (1 + k * smoothing), (Q + smoothing) / (1 + k * smoothing)
     out: dict[str, float] = {}
-    for key, a, b, a_s, b_s in (("kl_pq", P, Q, Ps, Qs), ("kl_qp", Q, P, Qs, Ps)):
-        kl = float(rel_entr(a, b).sum())
-        infinite = not math.isfinite(kl)
-        out[key] = float(rel_entr(a_s, b_s).sum()) if infinite else kl
-        out[f"{key}_inf"] = float(infinite)
+    for key, a, b in (("kl_pq", P, Q), ("kl_qp", Q, P)):
+        out[key] = float(rel_entr(a, b).sum())
+        out[f"{key}_inf"] = float(math.isinf(out[key]))
     M = 0.5 * (P + Q)
     out["js"] = float(0.5 * rel_entr(P, M).sum() + 0.5 * rel_entr(Q, M).sum())
     out["tv"] = float(0.5 * np.abs(P - Q).sum())
-    out["smoothing"] = float(smoothing)
     return out
+
+
+def count_divergences(
+    count_p: ArrayLike, count_q: ArrayLike, pseudo_count: float = 0.5
+) -> dict[str, float]:
+    """KL both ways, JS, TV from two samples' counts on the same K cells.
+
+    KL is computed on the Krichevsky-Trofimov (Jeffreys) estimates P = (c_p + a) / (n_p + a K)
+    and Q likewise, a = ``pseudo_count`` (0.5) added to every cell of both histograms, always:
+    so the estimator is one definition whether or not a cell is empty, and a tail cell that
+    only one sample reaches adds about (c / n) log(c / a) instead of infinity. Two samples of
+    the same distribution give KL about (K - 1) / n each way. ``kl_pq_inf`` / ``kl_qp_inf``
+    say whether the *unsmoothed* plug-in KL is infinite (a cell with counts on one side
+    only); JS and TV are the unsmoothed plug-in values (always finite); ``smoothing`` is a.
+    """
+    cp, cq = _np(count_p).ravel(), _np(count_q).ravel()
+    if cp.shape != cq.shape or cp.sum() <= 0 or cq.sum() <= 0 or (cp < 0).any() or (cq < 0).any():
+        raise ValueError("need two non-negative count vectors of one length, each with counts")
+    if not pseudo_count > 0:
+        raise ValueError(f"pseudo_count must be > 0, got {pseudo_count}")
+    k = len(cp)
+    plain = discrete_divergences(cp, cq)
+    kt = discrete_divergences(
+        (cp + pseudo_count) / (cp.sum() + pseudo_count * k),
+        (cq + pseudo_count) / (cq.sum() + pseudo_count * k),
+    )
+    return {**plain, "kl_pq": kt["kl_pq"], "kl_qp": kt["kl_qp"], "smoothing": float(pseudo_count)}
 
 
 def histogram_divergences(
@@ -245,23 +296,82 @@ def histogram_divergences(
     q_samples: ArrayLike,
     bins: int | None = None,
     range: Range | Sequence[Range] | None = None,  # numpy's name for it
-    smoothing: float = 1e-10,
+    pseudo_count: float = 0.5,
     margin: float = 0.0,
 ) -> dict[str, float]:
-    """Histogram KL(p||q), KL(q||p), JS, TV (see :func:`discrete_divergences`) on fixed bins.
+    """Histogram KL(p||q), KL(q||p), JS, TV (see :func:`count_divergences`) on fixed bins.
 
     Returns also ``bins`` (per axis), ``range_lo``/``range_hi`` (suffixed ``_<axis>`` in 2-D),
-    ``outside_p``/``outside_q`` (fraction of each sample outside the range), ``smoothing``.
+    ``outside_p``/``outside_q`` (fraction of each sample outside the range), ``smoothing``
+    (the pseudo-count).
     """
-    P, Q, ranges = histogram_probs(p_samples, q_samples, bins, range, margin)
-    out = discrete_divergences(P, Q, smoothing)
+    cp, cq, ranges = histogram_counts(p_samples, q_samples, bins, range, margin)
+    out = count_divergences(cp, cq, pseudo_count)
     d = len(ranges)
     out["bins"] = float(bins or (100 if d == 1 else 50))
     for i, (lo, hi) in enumerate(ranges):
         suffix = "" if d == 1 else f"_{i}"
         out[f"range_lo{suffix}"], out[f"range_hi{suffix}"] = lo, hi
-    out["outside_p"], out["outside_q"] = float(P[-1]), float(Q[-1])
+    out["outside_p"], out["outside_q"] = float(cp[-1] / cp.sum()), float(cq[-1] / cq.sum())
     return out
+
+
+# ---------------------------------------------------------------- Gaussian fits (d <= 3)
+#: Ridge added to both fitted covariances, as a fraction of the larger mean per-axis variance.
+GAUSS_RIDGE = 1e-9
+#: A fitted covariance whose smallest eigenvalue is at most this fraction of that scale is
+#: singular (a collapsed G, data on a line): the Gaussian KL is then infinite or undefined.
+GAUSS_SINGULAR = 1e-12
+
+
+def gaussian_kl(mean0: ArrayLike, cov0: ArrayLike, mean1: ArrayLike, cov1: ArrayLike) -> float:
+    """Closed form KL(N(mean0, cov0) || N(mean1, cov1)) in nats, positive-definite covariances:
+    (tr(S1^-1 S0) + (m1 - m0)^T S1^-1 (m1 - m0) - d + ln det S1 - ln det S0) / 2."""
+    import numpy as np
+
+    m0, m1 = _np(mean0).ravel(), _np(mean1).ravel()
+    s0, s1 = np.atleast_2d(_np(cov0)), np.atleast_2d(_np(cov1))
+    diff = m1 - m0
+    logdet0, logdet1 = np.linalg.slogdet(s0)[1], np.linalg.slogdet(s1)[1]
+    quad = np.trace(np.linalg.solve(s1, s0)) + diff @ np.linalg.solve(s1, diff)
+    return float(0.5 * (quad - len(m0) + logdet1 - logdet0))
+
+
+def gaussian_fit_divergences(
+    p: ArrayLike, q: ArrayLike, ridge: float = GAUSS_RIDGE
+) -> dict[str, float]:
+    """KL both ways between Gaussians fitted (mean, covariance with ddof 1) to two samples.
+
+    Exact (up to sampling error) when both distributions are Gaussian: it reaches values a
+    histogram or KDE of samples cannot, such as KL(N(4, .5) || N(4, .05)) = 47.2, which lives
+    in q's far tails. Otherwise it is a moment-matched summary (it sees only means and
+    covariances: two different distributions with equal moments give 0). ``ridge`` times the
+    larger mean per-axis variance (1.0 if both are 0) is added to both covariances' diagonals,
+    always (returned as ``ridge``, in data units squared; negligible unless a covariance is
+    nearly singular). A singular fit (smallest eigenvalue <= :data:`GAUSS_SINGULAR` of that
+    scale: a collapsed G, data on a line, fewer than d + 1 samples) makes the Gaussian KL
+    infinite (or undefined): ``kl_pq_inf`` = ``kl_qp_inf`` = 1 and the values returned are
+    the ridge-regularised ones, dominated by the ridge: read the flag, not the number.
+    """
+    import numpy as np
+
+    p, q = as_rows(p), as_rows(q)
+    if p.shape[1] != q.shape[1]:
+        raise ValueError(f"dimensions differ: {p.shape[1]} and {q.shape[1]}")
+    if min(len(p), len(q)) < 2:
+        raise ValueError("a covariance needs at least 2 samples on each side")
+    covs = [np.atleast_2d(np.cov(x, rowvar=False)) for x in (p, q)]
+    scale = max(float(np.trace(c)) / len(c) for c in covs) or 1.0
+    singular = any(np.linalg.eigvalsh(c).min() <= GAUSS_SINGULAR * scale for c in covs)
+    eye = ridge * scale * np.eye(p.shape[1])
+    (mp, cp), (mq, cq) = ((x.mean(axis=0), c + eye) for x, c in zip((p, q), covs, strict=True))
+    return {
+        "kl_pq": gaussian_kl(mp, cp, mq, cq),
+        "kl_qp": gaussian_kl(mq, cq, mp, cp),
+        "kl_pq_inf": float(singular),
+        "kl_qp_inf": float(singular),
+        "ridge": float(ridge * scale),
+    }
 
 
 # ---------------------------------------------------------------- KDE against a known density
@@ -340,11 +450,19 @@ def density_divergences(
     :func:`select_bandwidth`; ``log_p`` is called on a float64 torch tensor (N, d).
 
     * ``kl_reverse_kde`` = KL(G||p) ~ mean over generated x of [log q_LOO(x) - log p(x)]
-      (leave-one-out KDE: the entropy term without the self-kernel's upward bias). Reliable:
-      ``log p`` is exact, only G's entropy is estimated.
-    * ``kl_kde`` = KL(p||G) ~ mean over real x of [log p(x) - log q(x)] (needs ``real``).
-      Overestimates wherever p has mass beyond G's samples (the KDE's Gaussian tails): read
-      it as "G misses data mass", not as a precise number.
+      (leave-one-out KDE: the entropy term without the self-kernel's upward bias). Reliable
+      to a few hundredths of a nat: ``log p`` is exact, only G's entropy is estimated. The
+      KDE's smoothing biases it down, so a perfect sampler can give a slightly negative value
+      (-0.02 to -0.06 nats seen on ring8 / grid25, whose modes are narrow): read |value| below
+      about 0.05 as "no detectable difference", not as a negative KL.
+    * ``kl_kde`` = KL(p||G) ~ mean over real x of [log p(x) - log q(x)] (needs ``real``): an
+      upper-biased indicator that G misses data mass, not a measurement. Where p has mass
+      beyond G's samples, log q is the KDE's Gaussian tail, with a bandwidth fitted to G and
+      centred on G's outermost samples: far lighter than any true q's tail, so the value can
+      be off by orders of magnitude, and it grows with ``n_max`` (for G = N(4, .05) against
+      data N(4, .5), true 47.2: about 800 at n_max = 5000, 200 at 2000; about 1e5 for a
+      sampler collapsed on one ring8 mode). Compare runs only at equal ``n_max``; read
+      ``kl_gauss`` for the magnitude where the data are near Gaussian.
     """
     import numpy as np
     import torch
@@ -423,7 +541,12 @@ class DivergenceParams(BaseModel):
         None, description="histogram (lo, hi), once or per axis; default real min/max + margin"
     )
     margin: float = Field(0.05, ge=0, description="default range padding, fraction of span")
-    smoothing: float = Field(1e-10, gt=0, description="added to cell probs where KL is inf")
+    smoothing: float = Field(
+        0.5,
+        gt=0,
+        description="pseudo-count added to every histogram cell of both samples for KL "
+        "(0.5: Jeffreys / Krichevsky-Trofimov)",
+    )
     n_projections: int = Field(128, gt=0, description="sliced Wasserstein directions")
     n_assign: int = Field(1000, ge=0, description="2-D exact-W1 subsample size (0: skip)")
     kde: bool = Field(True, description="KDE KL against dataset.log_density when known")
@@ -435,15 +558,36 @@ class DivergenceParams(BaseModel):
         "directions and the W1 / KDE subsamples",
     )
 
+    @field_validator("range")
+    @classmethod
+    def _finite_increasing(cls, value: Range | list[Range] | None) -> Range | list[Range] | None:
+        if value is None:
+            return value
+        pairs = [value] if isinstance(value, tuple) else value
+        if not pairs:
+            raise ValueError("give (lo, hi) once, or one pair per axis; got an empty list")
+        for lo, hi in pairs:
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"range bounds must be finite numbers, got ({lo}, {hi})")
+            if lo >= hi:
+                raise ValueError(f"range needs lo < hi, got ({lo}, {hi})")
+        return value
+
 
 class DivergenceMetric:
-    """KL, JS, TV, W1 / sliced W between generated and real samples (by dimension)."""
+    """KL (both directions), JS, TV, W1 / sliced W between real and generated samples.
+
+    ``kl`` = KL(data || G), ``kl_reverse`` = KL(G || data); the logged keys are listed in the
+    module docstring.
+    """
 
     def __init__(self, params: DivergenceParams | None = None):
         self.params = params or DivergenceParams()
 
     def compute(self, ctx: Any) -> dict[str, float]:
         import numpy as np
+
+        from gan_pipe.errors import UserError
 
         p, ds = self.params, ctx.dataset
         gen = as_rows(ctx.generate(p.n_samples))
@@ -455,6 +599,11 @@ class DivergenceMetric:
         d = gen.shape[1]
         out: dict[str, float] = {}
         if d <= 2:
+            if isinstance(p.range, list) and len(p.range) not in (1, d):
+                raise UserError(
+                    f"divergences: `range` has {len(p.range)} (lo, hi) pairs but the samples "
+                    f"have {d} dimension(s); give one pair for all axes or one per axis"
+                )
             ranges = _ranges(p.range, real, p.margin)
             h = histogram_divergences(real, gen, p.bins, ranges, p.smoothing)
             out.update(
@@ -462,10 +611,21 @@ class DivergenceMetric:
                 kl_reverse=h.pop("kl_qp"),
                 kl_inf=h.pop("kl_pq_inf"),
                 kl_reverse_inf=h.pop("kl_qp_inf"),
-                outside_real=h.pop("outside_p"),
-                outside_gen=h.pop("outside_q"),
+                js=h.pop("js"),
+                tv=h.pop("tv"),
+                div_outside_real=h.pop("outside_p"),
+                div_outside_gen=h.pop("outside_q"),
             )
-            out.update(h)  # js, tv, bins, smoothing, range_lo/hi
+            out.update({f"div_{k}": v for k, v in h.items()})  # bins, smoothing, range_lo/hi
+        if d <= 3 and min(len(real), len(gen)) >= 2:
+            g = gaussian_fit_divergences(real, gen)
+            out.update(
+                kl_gauss=g["kl_pq"],
+                kl_reverse_gauss=g["kl_qp"],
+                kl_gauss_inf=g["kl_pq_inf"],
+                kl_reverse_gauss_inf=g["kl_qp_inf"],
+                div_gauss_ridge=g["ridge"],
+            )
         if d == 1:
             out["w1"] = w1_1d(real, gen)
             out["ks"] = ks_1d(real, gen)
@@ -473,13 +633,14 @@ class DivergenceMetric:
             out["mean_gen"] = float(gen.mean())
         else:
             out["sw1"] = sliced_wasserstein(real, gen, p.n_projections, 1, p.seed)
-            out["n_projections"] = float(p.n_projections)
+            out["div_n_projections"] = float(p.n_projections)
             if d == 2 and p.n_assign:
                 out["w1_assign"] = w1_assignment(real, gen, p.n_assign, p.seed)
-                out["n_assign"] = float(min(p.n_assign, len(real), len(gen)))
+                out["div_n_assign"] = float(min(p.n_assign, len(real), len(gen)))
         if p.kde and ds.log_density is not None and d <= 3:
             out.update(density_divergences(gen, ds.log_density, real, p.bandwidth, p.n_kde, p.seed))
-        out["n_samples"] = float(len(gen))
+        out["div_n_samples"] = float(len(gen))  # generated samples used (finite rows)
+        out["div_n_real"] = float(len(real))
         out["nonfinite_gen"] = nonfinite  # fraction dropped before everything above
         return out
 
@@ -506,14 +667,23 @@ class ModesMetric:
                 f"metric 'modes' needs a dataset with info['modes'] and info['mode_std'] "
                 f"(ring8, grid25, gaussian-1d); {ctx.dataset.name!r} has none"
             )
-        gen = ctx.generate(self.params.n_samples)
+        gen = as_rows(ctx.generate(self.params.n_samples))
         out = mode_statistics(gen, info["modes"], info["mode_std"], self.params.n_std)
-        out["modes_n_samples"] = float(self.params.n_samples)
+        out["modes_n_samples"] = float(len(gen))  # what the sampler returned, not the request
         out["modes_n_std"] = float(self.params.n_std)
         return out
 
 
 @hookimpl
 def register_metrics(register: Any) -> None:
-    register("divergences", DivergenceMetric, params=DivergenceParams)
+    register(
+        "divergences",
+        DivergenceMetric,
+        params=DivergenceParams,
+        description="KL both ways, JS, TV, W1 between real data and G, nats: kl = KL(data || G) "
+        "and kl_reverse = KL(G || data) from fixed histograms with a 0.5 pseudo-count (kl_inf, "
+        "kl_reverse_inf flag an infinite plug-in KL); kl_gauss, kl_reverse_gauss (same "
+        "directions) between fitted Gaussians; kl_kde, kl_reverse_kde against a known density; "
+        "settings and sample counts logged as div_*",
+    )
     register("modes", ModesMetric, params=ModesParams)

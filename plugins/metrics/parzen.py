@@ -8,7 +8,10 @@ rows (10,000) with its standard error std/sqrt(N) (ddof 0). For one point::
     log p(x) = logsumexp_i(-||x - mu_i||^2 / (2 sigma^2)) - log N - (d/2) log(2 pi sigma^2)
 
 The score grows with N and rewards memorisation (Theis et al. 2016), so N, sigma and the
-validation and test sizes are always reported with it.
+validation and test sizes are always reported with it. ``parzen_sigma_at_edge`` says whether the
+searched sigma is the grid's smallest (-1) or largest (+1) value, where the optimum may lie
+outside the grid (widen the grid), or inside it (0; also 0 for a fixed ``sigma``). A one-value
+grid reports -1.
 
 The pure functions work on any device and in float32 or float64: squared distances come from
 one matmul per chunk of points (``||x||^2 + ||mu||^2 - 2 x mu^T`` after centring both sets on
@@ -210,6 +213,16 @@ def select_sigma(
     return grid[best], table
 
 
+def sigma_at_edge(sigma: float, grid: Sequence[float]) -> float:
+    """-1.0 if ``sigma`` is the smallest value of ``grid``, +1.0 if the largest, else 0.0.
+
+    At an edge the likelihood's maximum may lie outside the grid. A one-value grid is -1.
+    """
+    if sigma <= min(grid):
+        return -1.0
+    return 1.0 if sigma >= max(grid) else 0.0
+
+
 # ------------------------------------------------------------------ the metric
 class ParzenParams(BaseModel):
     """Parzen-window log-likelihood (Goodfellow et al. 2014)."""
@@ -289,13 +302,14 @@ class ParzenMetric:
                 f"data rows {test.shape[1]}"
             )
 
-        n_val = 0
+        n_val, at_edge = 0, 0.0
         if p.sigma is not None:
             sigma = float(p.sigma)
         else:
             val = self._unit_rows(ctx, _subset(ds.val, p.n_val, p.seed), dtype)
             n_val = int(val.shape[0])
             sigma, table = select_sigma(val, centres, p.sigmas, **kw)
+            at_edge = sigma_at_edge(sigma, p.sigmas)
             tracker = getattr(ctx, "tracker", None)
             if tracker is not None and hasattr(tracker, "log_dict"):
                 tracker.log_dict(
@@ -321,6 +335,7 @@ class ParzenMetric:
             "parzen_n_samples": float(centres.shape[0]),
             "parzen_n_val": float(n_val),
             "parzen_n_test": float(n_test),
+            "parzen_sigma_at_edge": at_edge,
         }
 
 

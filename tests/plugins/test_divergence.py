@@ -15,6 +15,7 @@ import numpy as np
 import ot
 import pytest
 import torch
+from pydantic import ValidationError
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
@@ -148,6 +149,35 @@ def test_histogram_kl_and_js_match_scipy_exactly() -> None:
     assert out["kl_pq_inf"] == 0 == out["kl_qp_inf"]
 
 
+def kt(counts: np.ndarray, a: float) -> np.ndarray:
+    """Krichevsky-Trofimov estimate (c + a) / (n + a K), written out for the reference."""
+    return (counts + a) / (counts.sum() + a * len(counts))
+
+
+def test_count_divergences_match_scipy_on_kt_estimates() -> None:
+    """KL from counts is scipy's KL of the (c + a) / (n + a K) vectors; JS, TV unsmoothed."""
+    rng = np.random.default_rng(17)
+    cp, cq = rng.integers(0, 30, 60).astype(float), rng.integers(0, 30, 60).astype(float)
+    cp[3], cq[7] = 0, 0  # an empty cell on each side: both plug-in KLs are infinite
+    for a in (0.5, 1.0, 1e-3):
+        out = D.count_divergences(cp, cq, a)
+        assert out["kl_pq"] == pytest.approx(stats.entropy(kt(cp, a), kt(cq, a)), rel=1e-12)
+        assert out["kl_qp"] == pytest.approx(stats.entropy(kt(cq, a), kt(cp, a)), rel=1e-12)
+        assert out["kl_pq_inf"] == 1 == out["kl_qp_inf"] and out["smoothing"] == a
+        assert out["js"] == pytest.approx(jensenshannon(cp, cq) ** 2, rel=1e-10)
+        assert out["tv"] == pytest.approx(0.5 * np.abs(cp / cp.sum() - cq / cq.sum()).sum())
+    with pytest.raises(ValueError, match="pseudo_count"):
+        D.count_divergences(cp, cq, 0.0)
+
+
+def test_empty_cell_makes_the_plug_in_kl_infinite_and_flagged() -> None:
+    """Probability vectors carry no sample size, so no pseudo-count: inf and the flag."""
+    out = D.discrete_divergences([0.5, 0.5, 0.0], [0.5, 0.25, 0.25])
+    assert out["kl_pq"] == pytest.approx(stats.entropy([0.5, 0.5, 0], [0.5, 0.25, 0.25]))
+    assert out["kl_pq_inf"] == 0 and out["kl_qp"] == math.inf and out["kl_qp_inf"] == 1
+    assert all(not math.isnan(v) for v in out.values())
+
+
 def test_histogram_divergences_2d_match_scipy() -> None:
     rng = np.random.default_rng(8)
     p, q = rng.normal(size=(30_000, 2)), rng.normal(0.2, 1.0, size=(30_000, 2))
@@ -156,29 +186,56 @@ def test_histogram_divergences_2d_match_scipy() -> None:
     assert len(P) == 20 * 20 + 1 and ranges == [(-6.0, 6.0)] * 2
     assert out["js"] == pytest.approx(jensenshannon(P, Q) ** 2, rel=1e-10)
     assert out["range_lo_1"] == -6 and out["range_hi_0"] == 6 and out["bins"] == 20
-    if not out["kl_pq_inf"]:
-        assert out["kl_pq"] == pytest.approx(stats.entropy(P, Q), rel=1e-12)
+    # counts from numpy directly, outside cell appended
+    edges = np.linspace(-6, 6, 21)
+    cp = np.append(np.histogram2d(*p.T, bins=[edges, edges])[0].ravel(), 0)
+    cq = np.append(np.histogram2d(*q.T, bins=[edges, edges])[0].ravel(), 0)
+    cp[-1], cq[-1] = len(p) - cp.sum(), len(q) - cq.sum()
+    assert out["kl_pq"] == pytest.approx(stats.entropy(kt(cp, 0.5), kt(cq, 0.5)), rel=1e-12)
+    assert out["kl_pq_inf"] == float(((cp > 0) & (cq == 0)).any())
 
 
 def test_disjoint_supports() -> None:
-    """Two non-overlapping distributions: JS = ln 2, TV = 1, both KLs infinite and flagged,
-    returned smoothed (finite), never NaN."""
+    """Two non-overlapping distributions: JS = ln 2, TV = 1, both plug-in KLs infinite and
+    flagged; the KL values are the pseudo-count (Krichevsky-Trofimov) ones, never NaN."""
     rng = np.random.default_rng(9)
     p, q = rng.uniform(0, 1, 5000), rng.uniform(2, 3, 5000)
-    out = D.histogram_divergences(p, q, bins=100, smoothing=1e-10)
+    out = D.histogram_divergences(p, q, bins=100)
     assert out["js"] == pytest.approx(math.log(2), abs=1e-12)
     assert out["tv"] == pytest.approx(1.0, abs=1e-12)
     assert out["kl_pq_inf"] == 1.0 and out["kl_qp_inf"] == 1.0
     assert all(math.isfinite(v) for v in out.values())
-    assert out["smoothing"] == 1e-10
-    # the returned value is KL of the smoothed vectors (P + eps) / (1 + K eps): ~ ln(p_bin / eps)
-    P, Q, _ = D.histogram_probs(p, q, bins=100)
-    Ps, Qs = (P + 1e-10) / (1 + len(P) * 1e-10), (Q + 1e-10) / (1 + len(Q) * 1e-10)
-    assert out["kl_pq"] == pytest.approx(stats.entropy(Ps, Qs), rel=1e-12)
-    assert out["kl_qp"] == pytest.approx(stats.entropy(Qs, Ps), rel=1e-12) and out["kl_qp"] > 15
+    assert out["smoothing"] == 0.5
+    edges = np.linspace(min(p.min(), q.min()), max(p.max(), q.max()), 101)
+    cp = np.append(np.histogram(p, edges)[0], 0.0)
+    cq = np.append(np.histogram(q, edges)[0], 0.0)
+    assert out["kl_pq"] == pytest.approx(stats.entropy(kt(cp, 0.5), kt(cq, 0.5)), rel=1e-9)
+    assert out["kl_qp"] == pytest.approx(stats.entropy(kt(cq, 0.5), kt(cp, 0.5)), rel=1e-9)
     # the same sample outside a given range lands in the outside cell, not nowhere
     out = D.histogram_divergences(p, q, bins=10, range=(0, 1))
     assert out["outside_p"] == 0 and out["outside_q"] == 1 and out["tv"] == pytest.approx(1)
+
+
+def test_histogram_kl_of_two_samples_of_one_distribution_is_near_zero() -> None:
+    """N(0,1) vs N(0,1), 100k samples each, 100 bins: a tail bin with samples on one side only
+    makes the plug-in KL infinite (flag up), but the pseudo-count estimate is about
+    (K - 1) / n = 0.001 each way. The previous probability epsilon (1e-10) gave ~12 nats."""
+    rng = np.random.default_rng(18)
+    n = 100_000
+    out = D.histogram_divergences(rng.normal(0, 1, n), rng.normal(0, 1, n), bins=100)
+    assert out["kl_pq_inf"] == 1 or out["kl_qp_inf"] == 1  # the case the pseudo-count is for
+    assert 0 <= out["kl_pq"] < 0.01 and 0 <= out["kl_qp"] < 0.01
+
+
+def test_histogram_kl_shifted_gaussians_closed_form() -> None:
+    """KL(N(0,1) || N(1,1)) = 1/2 both ways. 100k samples each, 100 bins of width ~0.09:
+    discretisation bias < 1e-3, sampling sd about sqrt(2 / n) = 0.0045, pseudo-count bias
+    about (K - 1) / n = 0.001; tolerance 0.03 (> 5 sd)."""
+    rng = np.random.default_rng(19)
+    n = 100_000
+    out = D.histogram_divergences(rng.normal(0, 1, n), rng.normal(1, 1, n), bins=100)
+    assert out["kl_pq"] == pytest.approx(0.5, abs=0.03)
+    assert out["kl_qp"] == pytest.approx(0.5, abs=0.03)
 
 
 def test_histogram_tv_closed_form() -> None:
@@ -197,16 +254,79 @@ def test_histogram_tv_closed_form() -> None:
 
 def test_histogram_kl_closed_forms() -> None:
     """KL(N(4,.05) || N(4,.5)) = 1.8076 from 200k samples each, 400 bins on [2, 6] (width
-    0.01 = std/5 of the narrow one): discretisation bias < 1e-3, plug-in bias about
-    (occupied bins) / 2n < 1e-3, sd about 0.003; tolerance 0.02. The reverse,
+    0.01 = std/5 of the narrow one): discretisation bias < 1e-3, sd about 0.003, and the
+    pseudo-counts move (empty narrow cells) * a / n ~ 1e-3 of the narrow histogram's mass
+    into the wide one's tails, lowering it by about 0.007; tolerance 0.02. The reverse,
     KL(N(4,.5) || N(4,.05)) = 47.197, cannot come from a histogram of samples: the narrow
-    one has no sample in the wide one's tails, so it must be flagged infinite."""
+    one has no sample in the wide one's tails, so it is flagged infinite and the pseudo-count
+    value stays far below the truth (kl_reverse_gauss is the estimate for that case)."""
     rng = np.random.default_rng(11)
     n = 200_000
     narrow, wide = rng.normal(4, 0.05, n), rng.normal(4, 0.5, n)
     out = D.histogram_divergences(narrow, wide, bins=400, range=(2, 6))
     assert out["kl_pq"] == pytest.approx(KL_NARROW_WIDE, abs=0.02) and out["kl_pq_inf"] == 0
-    assert out["kl_qp_inf"] == 1 and math.isfinite(out["kl_qp"]) and out["kl_qp"] > 10
+    assert out["kl_qp_inf"] == 1 and 1 < out["kl_qp"] < KL_WIDE_NARROW / 2
+
+
+# ---------------------------------------------------------------- Gaussian fits
+def test_gaussian_fit_kl_1d_closed_forms() -> None:
+    """Quantile samples of N(4,.5) and N(4,.05) are scaled copies, so the fitted variance ratio
+    is exactly 100: both closed forms to rounding. Random samples, n = 1e6 each: the variance
+    ratio's relative sd is sqrt(4 / n) = 0.002, so KL(wide||narrow) = 47.197 has sd ~ 50 *
+    0.002 = 0.1 (tolerance 0.5) and KL(narrow||wide) = 1.8076 sd ~ 49.5 * 0.01 * 0.002 = 0.001
+    (tolerance 0.01)."""
+    n = 100_000
+    out = D.gaussian_fit_divergences(quantiles(4, 0.5, n), quantiles(4, 0.05, n))
+    assert out["kl_pq"] == pytest.approx(KL_WIDE_NARROW, abs=1e-3)
+    assert out["kl_qp"] == pytest.approx(KL_NARROW_WIDE, abs=1e-4)
+    assert out["kl_pq_inf"] == 0 == out["kl_qp_inf"] and 0 < out["ridge"] < 1e-9
+    rng = np.random.default_rng(20)
+    n = 1_000_000
+    out = D.gaussian_fit_divergences(rng.normal(4, 0.5, n), rng.normal(4, 0.05, n))
+    assert out["kl_pq"] == pytest.approx(KL_WIDE_NARROW, abs=0.5)
+    assert out["kl_qp"] == pytest.approx(KL_NARROW_WIDE, abs=0.01)
+
+
+def test_gaussian_fit_kl_2d_against_numpy_and_monte_carlo() -> None:
+    """2-D, correlated: the estimate equals the textbook formula written with numpy's inv and
+    det on np.mean / np.cov of the samples, and the Monte-Carlo KL E_0[log p0 - log p1] of the
+    fitted Gaussians with scipy's logpdf (2e5 draws: sd < 0.005, tolerance 0.03); and at
+    n = 2e5 it is within 0.02 of the true parameters' closed form."""
+    m0, s0 = np.array([0.0, 1.0]), np.array([[1.0, 0.6], [0.6, 0.8]])
+    m1, s1 = np.array([0.5, 0.0]), np.array([[0.5, -0.2], [-0.2, 1.5]])
+    rng = np.random.default_rng(21)
+    a, b = rng.multivariate_normal(m0, s0, 200_000), rng.multivariate_normal(m1, s1, 200_000)
+    out = D.gaussian_fit_divergences(a, b)
+
+    def textbook(ma, sa, mb, sb):
+        inv = np.linalg.inv(sb)
+        dm = mb - ma
+        logdets = math.log(np.linalg.det(sb) / np.linalg.det(sa))
+        return 0.5 * (np.trace(inv @ sa) + dm @ inv @ dm - 2 + logdets)
+
+    fa, fb = (a.mean(0), np.cov(a.T)), (b.mean(0), np.cov(b.T))
+    assert out["kl_pq"] == pytest.approx(textbook(*fa, *fb), rel=1e-6)
+    assert out["kl_qp"] == pytest.approx(textbook(*fb, *fa), rel=1e-6)
+    g0, g1 = stats.multivariate_normal(*fa), stats.multivariate_normal(*fb)
+    x = g0.rvs(200_000, random_state=22)
+    assert out["kl_pq"] == pytest.approx(np.mean(g0.logpdf(x) - g1.logpdf(x)), abs=0.03)
+    assert out["kl_pq"] == pytest.approx(textbook(m0, s0, m1, s1), abs=0.02)
+    assert out["kl_qp"] == pytest.approx(textbook(m1, s1, m0, s0), abs=0.02)
+
+
+def test_gaussian_fit_kl_singular_fit_is_flagged() -> None:
+    """A collapsed G (zero variance) or data on a line: the Gaussian KL is infinite both ways;
+    the flags say so, the values are finite (ridge-regularised), never NaN."""
+    rng = np.random.default_rng(23)
+    x = rng.normal(size=1000)
+    for p, q in (
+        (4 + 0.5 * x, np.full(1000, 4.0)),
+        (np.c_[x, 2 * x], rng.normal(size=(1000, 2))),
+        (rng.normal(size=(3, 3)), rng.normal(size=(50, 3))),  # 3 samples in 3-D: rank 2
+    ):
+        out = D.gaussian_fit_divergences(p, q)
+        assert out["kl_pq_inf"] == 1 == out["kl_qp_inf"]
+        assert all(math.isfinite(v) for v in out.values()) and out["ridge"] > 0
 
 
 # ---------------------------------------------------------------- KDE against a known density
@@ -307,25 +427,62 @@ def test_divergences_plugin_1d_collapse() -> None:
     gen = torch.Generator().manual_seed(0)
     metric = D.DivergenceMetric(D.DivergenceParams(n_kde=2000))
     out = metric.compute(_ctx(ds, lambda n: 4 + 0.05 * torch.randn(n, 1, generator=gen)))
-    assert out["kl_inf"] == 1 and out["kl"] > 10  # smoothed, flagged
+    # plug-in KL(data || G) infinite (G leaves the data's tail bins empty): flagged; the
+    # pseudo-count value is finite and far below the closed form 47.2
+    assert out["kl_inf"] == 1 and 1 < out["kl"] < KL_WIDE_NARROW / 2
     assert out["kl_reverse"] == pytest.approx(KL_NARROW_WIDE, abs=0.1)
     assert out["kl_reverse_kde"] == pytest.approx(KL_NARROW_WIDE, abs=0.1)
+    # Gaussian fits reach the closed forms; n = 10k: sd ~ 50 * sqrt(4 / n) = 1 nat for 47.2
+    assert out["kl_gauss"] == pytest.approx(KL_WIDE_NARROW, abs=3)
+    assert out["kl_reverse_gauss"] == pytest.approx(KL_NARROW_WIDE, abs=0.05)
+    assert out["kl_gauss_inf"] == 0 == out["kl_reverse_gauss_inf"]
     assert out["w1"] == pytest.approx(W1_WIDE_NARROW, abs=0.02)
     assert out["std_ratio"] == pytest.approx(0.1, abs=0.01)
     # KS closed form: max_s Phi(10 s) - Phi(s), at s^2 = ln 10 / 49.5; sd at n = 10k ~ 0.005
     s_star = math.sqrt(math.log(10) / 49.5)
     ks = stats.norm.cdf(10 * s_star) - stats.norm.cdf(s_star)  # 0.3991
     assert out["ks"] == pytest.approx(ks, abs=0.02)
-    assert out["bins"] == 100 and out["smoothing"] == 1e-10
+    assert out["div_bins"] == 100 and out["div_smoothing"] == 0.5
+    assert out["div_n_samples"] == 10_000 == out["div_n_real"]
     assert out["js"] <= math.log(2) and 0 < out["tv"] <= 1
     assert all(math.isfinite(v) for v in out.values())
 
     perfect = metric.compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
     # Sparse tail bins (a sample or two on one side only) can make even a perfect sampler's
-    # plug-in KL infinite: the flag goes up but the smoothed value stays small. Two-sample
-    # plug-in bias ~ (bins - 1) / n = 0.01, plus ln(1e-4 / eps) / n = 0.0014 per lone sample.
-    assert perfect["kl"] < 0.05 and perfect["kl_reverse"] < 0.05 and perfect["js"] < 0.005
+    # plug-in KL infinite: the flag may go up but the pseudo-count value stays about
+    # (K - 1) / n = 0.01 at n = 10k (two-sample bias).
+    assert perfect["kl"] < 0.03 and perfect["kl_reverse"] < 0.03 and perfect["js"] < 0.005
     assert perfect["w1"] < 0.02 and perfect["std_ratio"] == pytest.approx(1, abs=0.03)
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ([1, 0], "lo < hi"),
+        ([2, 2], "lo < hi"),
+        ([0, math.inf], "finite"),
+        ([math.nan, 1], "finite"),
+        ([[0, 1], [3, -3]], "lo < hi"),
+        ([], "empty"),
+    ],
+)
+def test_bad_range_is_a_validation_error(bad, match: str) -> None:
+    comp = _registry().get("metric", "divergences")
+    with pytest.raises(ValidationError, match=match):
+        comp.validate_params({"range": bad})
+
+
+def test_range_with_the_wrong_number_of_axes_is_a_user_error() -> None:
+    ds = S.ring(S.RingParams(n_train=10, n_val=0, n_test=10))
+    gen = torch.Generator().manual_seed(0)
+    params = D.DivergenceParams(n_samples=200, kde=False, range=[(-2, 2)] * 3)
+    with pytest.raises(UserError, match="3 .* pairs .* 2 dimension"):
+        D.DivergenceMetric(params).compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
+    # one pair for every axis, or one per axis, are both fine
+    for rng in ([(-2, 2)], [(-2, 2), (-3, 3)]):
+        params = D.DivergenceParams(n_samples=200, kde=False, range=rng)
+        out = D.DivergenceMetric(params).compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
+        assert out["div_range_hi_1"] == rng[-1][1]
 
 
 def test_divergences_plugin_2d_and_high_dim() -> None:
@@ -334,7 +491,8 @@ def test_divergences_plugin_2d_and_high_dim() -> None:
     params = D.DivergenceParams(n_samples=3000, n_kde=1000, n_assign=300)
     out = D.DivergenceMetric(params).compute(_ctx(ds, lambda n: ds.sample(n, generator=gen)))
     assert {"kl", "kl_reverse", "js", "tv", "sw1", "w1_assign", "kl_reverse_kde"} <= out.keys()
-    assert "w1" not in out and out["bins"] == 50 and out["n_assign"] == 300
+    assert "w1" not in out and out["div_bins"] == 50 and out["div_n_assign"] == 300
+    assert out["kl_gauss"] < 0.01 and out["kl_gauss_inf"] == 0  # 2-D fits of one distribution
     assert out["sw1"] < 0.05 and out["js"] < 0.05
 
     x = torch.randn(2000, 5)
@@ -342,7 +500,13 @@ def test_divergences_plugin_2d_and_high_dim() -> None:
     out = D.DivergenceMetric(D.DivergenceParams(n_samples=1000)).compute(
         _ctx(flat, lambda n: torch.randn(n, 5, generator=gen) + 1)
     )
-    assert set(out) == {"sw1", "n_projections", "n_samples", "nonfinite_gen"}
+    assert set(out) == {
+        "sw1",
+        "div_n_projections",
+        "div_n_samples",
+        "div_n_real",
+        "nonfinite_gen",
+    }
     # each projection of a unit shift along (1,..,1) moves by theta . 1: E|theta . 1| = 0.69 or so
     assert 0.3 < out["sw1"] < 1.2
 
@@ -359,6 +523,68 @@ def test_divergences_plugin_drops_nonfinite_rows() -> None:
         _ctx(ds, sampler)
     )
     assert out["nonfinite_gen"] == pytest.approx(0.1) and math.isfinite(out["kl"])
+    assert out["div_n_samples"] == 900 and out["div_n_real"] == 1000
+
+
+#: The divergences keys a user reads; everything else is a setting or count, prefixed div_.
+HEADLINE = {
+    "kl",
+    "kl_reverse",
+    "kl_inf",
+    "kl_reverse_inf",
+    "js",
+    "tv",
+    "w1",
+    "ks",
+    "sw1",
+    "w1_assign",
+    "std_ratio",
+    "mean_gen",
+    "kl_gauss",
+    "kl_reverse_gauss",
+    "kl_gauss_inf",
+    "kl_reverse_gauss_inf",
+    "kl_kde",
+    "kl_reverse_kde",
+    "kde_bandwidth",
+    "kde_n",
+    "nonfinite_gen",
+}
+
+
+def test_divergences_auxiliary_keys_are_prefixed_and_count_real_samples() -> None:
+    """1-D and 2-D runs: every key is a headline name or starts with div_; no key another
+    built-in metric logs; div_n_real counts the real rows actually used (a 700-row test split
+    when 1000 were asked for), div_n_samples the generated ones."""
+    gen = torch.Generator().manual_seed(0)
+    x1 = torch.randn(700, 1)
+    x2 = torch.randn(700, 2)
+    one = Dataset(name="one", train=x1, test=x1, log_density=normal_log_density(0, 1))
+    two = Dataset(name="two", train=x2, test=x2)
+    params = D.DivergenceParams(n_samples=1000, n_kde=300, n_assign=200, range=[(-5, 5)])
+    keys = set()
+    for ds, d in ((one, 1), (two, 2)):
+        out = D.DivergenceMetric(params).compute(
+            _ctx(ds, lambda n, d=d: torch.randn(n, d, generator=gen))
+        )
+        assert out["div_n_real"] == 700 and out["div_n_samples"] == 1000
+        keys |= set(out)
+    assert {k for k in keys if not k.startswith("div_")} <= HEADLINE
+    assert {
+        "div_bins",
+        "div_smoothing",
+        "div_range_lo",
+        "div_range_hi_1",
+        "div_outside_real",
+        "div_outside_gen",
+        "div_n_projections",
+        "div_n_assign",
+        "div_gauss_ridge",
+    } <= keys
+    ring = S.ring(S.RingParams(n_train=10, n_val=0, n_test=10))
+    modes = D.ModesMetric().compute(_ctx(ring, lambda n: ring.sample(n, generator=gen)))
+    assert not keys & set(modes)
+    assert not keys & {"n_samples", "bins", "smoothing", "n_projections", "n_assign"}
 
 
 def test_modes_plugin() -> None:
@@ -372,3 +598,13 @@ def test_modes_plugin() -> None:
     assert out["modes"] == 1 and out["modes_kl"] == pytest.approx(math.log(25))
     with pytest.raises(UserError, match="info"):
         D.ModesMetric().compute(_ctx(Dataset(name="x", train=torch.zeros(3, 2)), None))
+
+
+def test_modes_plugin_reports_the_samples_it_got() -> None:
+    """A sampler that returns fewer rows than asked (a small sample file): the count logged is
+    the number the statistics were computed on."""
+    ds = S.ring(S.RingParams(n_train=10, n_val=0, n_test=10))
+    x = ds.sample(700, torch.Generator().manual_seed(0))
+    out = D.ModesMetric().compute(_ctx(ds, lambda n: x[:n]))
+    assert out["modes_n_samples"] == 700 != D.ModesParams().n_samples
+    assert out == {**D.mode_statistics(x, ds.info["modes"], ds.info["mode_std"]), **out}

@@ -68,3 +68,21 @@ def test_gradients_flow_to_logits():
     # d/dl of -log sigmoid(l) / n is -(1 - sigmoid(l)) / n
     expected = [-(1 - sig(v)) / 2 for v in (-1.0, 1.0)]
     assert logits.grad.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("real_label,fake_label", [(0.9, 0.0), (0.8, 0.1)])
+def test_js_estimate_ignores_label_smoothing(real_label, fake_label):
+    """V(D, G) = E log D(x) + E log(1 - D(G(z))) is defined with labels 1 and 0; the smoothed
+    D loss is a different number, and the estimate must not move with the smoothing."""
+    params = NonSaturatingParams(real_label=real_label, fake_label=fake_label)
+    loss, extras = NonSaturatingLoss(params).discriminator_loss(inputs())
+    d_real = torch.sigmoid(REAL.double())
+    d_fake = torch.sigmoid(FAKE.double())
+    v = torch.log(d_real).mean() + torch.log1p(-d_fake).mean()  # independent of _bce
+    assert extras["js_estimate"].item() == pytest.approx((math.log(4) + v.item()) / 2, rel=1e-6)
+    # the smoothed loss gives a different (biased) value, so the assertion above can fail
+    assert abs((math.log(4) - loss.item()) / 2 - extras["js_estimate"].item()) > 1e-3
+    assert not extras["js_estimate"].requires_grad
+    # without smoothing the same V: minimax and non-saturating agree
+    _, plain = MinimaxLoss().discriminator_loss(inputs())
+    assert extras["js_estimate"].item() == pytest.approx(plain["js_estimate"].item(), rel=1e-6)

@@ -384,6 +384,7 @@ KEYS = {
     "parzen_n_samples",
     "parzen_n_val",
     "parzen_n_test",
+    "parzen_sigma_at_edge",
 }
 
 
@@ -436,6 +437,7 @@ def test_compute_with_a_fixed_sigma_needs_no_val_and_logs_no_table():
     ctx, samples, _, test = fake_ctx(n_val=0)
     out = ParzenMetric(ParzenParams(n_samples=100, sigma=0.25)).compute(ctx)
     assert out["parzen_sigma"] == 0.25 and out["parzen_n_val"] == 0.0
+    assert out["parzen_sigma_at_edge"] == 0.0  # nothing was searched
     assert ctx.tracker.dicts == []
     centres = ((samples[:100] + 1) / 2).reshape(100, -1).double().numpy()
     ll = brute_force_ll(((test + 1) / 2).reshape(len(test), -1).numpy(), centres, 0.25)
@@ -446,3 +448,23 @@ def test_compute_with_a_tracker_without_log_dict():
     ctx, *_ = fake_ctx(tracker=object())
     out = ParzenMetric(ParzenParams(n_samples=100, batch_size=7)).compute(ctx)
     assert set(out) == KEYS
+
+
+def test_sigma_at_edge_flags_a_grid_that_may_miss_the_optimum():
+    """The flag follows the brute-force argmax of the validation log-likelihood: -1 when it is
+    the grid's smallest sigma, +1 the largest, 0 inside. The grids (one unsorted) cover all
+    three cases on this data, whose best sigma is about the noise scale 0.075."""
+    ctx, samples, val, _ = fake_ctx()
+    centres = ((samples[:200].double() + 1) / 2).reshape(200, -1).numpy()
+    v = ((val[:30].double() + 1) / 2).reshape(30, -1).numpy()
+    seen = set()
+    for grid in ([0.5, 1.0, 2.0], [0.002, 0.004, 0.008], [0.3, 0.01, 0.12, 0.03, 0.06]):
+        params = ParzenParams(n_samples=200, n_val=30, n_test=40, sigmas=grid, dtype="float64")
+        out = ParzenMetric(params).compute(ctx)
+        means = [brute_force_ll(v, centres, s).mean() for s in grid]
+        best = grid[int(np.argmax(means))]
+        expected = -1.0 if best == min(grid) else 1.0 if best == max(grid) else 0.0
+        assert out["parzen_sigma"] == best and out["parzen_sigma_at_edge"] == expected
+        seen.add(expected)
+    assert seen == {-1.0, 0.0, 1.0}
+    assert parzen.sigma_at_edge(0.5, [0.5]) == -1.0  # a one-value grid: documented as -1
