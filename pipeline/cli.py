@@ -36,7 +36,7 @@ SetOpt = Annotated[
 
 _SETTING = re.compile(
     r"(^n_|_n_|_n$|n_samples|n_projections|n_ref|bins|smoothing|range_|nonfinite|outside"
-    r"|cached|bandwidth|_std$|n_std|kde_n|n_modes|n_assign)"
+    r"|cached|bandwidth|_std$|n_std|kde_n|n_modes|n_assign|^div_|_at_edge$)"
 )
 
 
