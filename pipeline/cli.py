@@ -209,14 +209,20 @@ def score(
     fake: Annotated[Path, typer.Option("--fake", help="generated samples, same layout")],
     metric: Annotated[
         list[str] | None,
-        typer.Option("--metric", "-m", help="metric name (repeatable); default: parzen"),
+        typer.Option(
+            "--metric", "-m", help="metric name (repeatable, each runs once); default: parzen"
+        ),
     ] = None,
     param: Annotated[
         list[str] | None,
         typer.Option("--param", "-p", help="metric setting: --param parzen.n_val=500"),
     ] = None,
     value_range: Annotated[
-        str, typer.Option("--range", help="LO,HI of the sample values (Parzen maps them to [0,1])")
+        str,
+        typer.Option(
+            "--range",
+            help="LO,HI of the sample values, finite, LO < HI (Parzen maps them to [0,1])",
+        ),
     ] = "0,1",
     dataset: Annotated[
         str | None,
@@ -228,16 +234,13 @@ def score(
 
     A random 10% of the real rows (seed 0) is held out as Parzen's validation split; the rest is the test split the metrics compare with.
     """  # noqa: E501 (one line per paragraph: the help renderer keeps line breaks)
+    from .scoring import parse_range
     from .scoring import score as run_score
 
     try:
-        lo, hi = (float(v) for v in value_range.split(","))
-    except ValueError:
-        _err(f"--range {value_range!r}: expected two numbers LO,HI, e.g. 0,1 or -1,1")
-        raise typer.Exit(2) from None
-    try:
+        lo_hi = parse_range(value_range)
         values, notes = run_score(
-            _plugins().registry, real, fake, metric or ["parzen"], param, (lo, hi), dataset
+            _plugins().registry, real, fake, metric or ["parzen"], param, lo_hi, dataset
         )
     except UserError as e:
         raise _fail(e) from None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from scipy.special import logsumexp
 from typer.testing import CliRunner
 
 from gan_pipe.cli import app
+from gan_pipe.errors import UserError
 
 runner = CliRunner()
 
@@ -136,3 +139,130 @@ def test_notes_warn_about_range_and_sigma_at_grid_edge(tmp_path):
     assert "outside --range" not in res.output
     assert "sigma 0.1 is at the edge of the grid" in res.output
     assert res.output.count("parzen asked for 10000 generated samples") == 1
+
+
+# ------------------------------------------------------------------ reading the files
+def _run(*args):
+    """``gan-pipe score ARGS`` with any RuntimeWarning turned into an error (exit 1)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        return runner.invoke(app, ["score", *args])
+
+
+def _rejected(res, *expected):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "recipe" not in res.output, res.output
+    for text in expected:
+        assert text in res.output, (text, res.output)
+
+
+def test_nonfinite_rows_are_rejected_in_either_file(tmp_path):
+    ok, bad_real, bad_fake = (str(tmp_path / n) for n in ("ok.npy", "r.npy", "f.npy"))
+    x = np.random.default_rng(0).random((200, 3))
+    np.save(ok, x)
+    y = x.copy()
+    y[7, 1] = np.nan
+    np.save(bad_real, y)
+    y[[3, 50], 0] = [np.inf, -np.inf]
+    np.save(bad_fake, y)
+    _rejected(_run("--real", bad_real, "--fake", ok), "--real", "r.npy has 1 row", "row 7", "NaN")
+    for metric in ("parzen", "divergences"):  # divergences would drop them: not here
+        res = _run("--real", ok, "--fake", bad_fake, "-m", metric)
+        _rejected(res, "--fake", "f.npy has 3 rows (of 200; the first is row 3)", "drop them")
+
+
+def test_values_beyond_float32_are_rejected_without_warnings(tmp_path):
+    ok, over, huge = (str(tmp_path / n) for n in ("ok.npy", "over.npy", "huge.npy"))
+    x = np.random.default_rng(0).random((200, 3))
+    np.save(ok, x)
+    y = x.copy()
+    y[4, 2] = 1e300  # finite in float64, inf in float32
+    np.save(over, y)
+    np.save(huge, x * 1e30)  # finite in float32, but its squared distances are not
+    _rejected(_run("--real", ok, "--fake", over), "over.npy has 1 row", "float32's range", "1e+300")
+    _rejected(_run("--real", over, "--fake", ok), "--real", "float32's range")
+    _rejected(_run("--real", huge, "--fake", ok), "--real", "up to 1e+30", "--range LO,HI")
+    # in their own range they are fine
+    res = _run("--real", huge, "--fake", huge, "--range", "0,1e30", "--json")
+    assert res.exit_code == 0, res.output
+    assert np.isfinite(json.loads(res.stdout)["parzen_ll"])
+
+
+def test_files_that_are_not_numeric_arrays(tmp_path):
+    ok = str(tmp_path / "ok.npy")
+    np.save(ok, np.zeros((10, 2)))
+    np.save(tmp_path / "complex.npy", np.zeros((10, 2)) + 1j)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, 2], dtype=object), allow_pickle=True)
+    (tmp_path / "text.npy").write_text("0.1 0.2\n0.3 0.4\n")
+    with open(tmp_path / "pickled.npy", "wb") as f:
+        pickle.dump(np.zeros((10, 2)), f)
+    np.save(tmp_path / "empty.npy", np.zeros((10, 0)))
+    cases = {
+        "complex.npy": "holds complex values",
+        "objects.npy": "holds Python objects",
+        "text.npy": "is not a .npy/.npz array file (no numpy header",
+        "pickled.npy": "is not a .npy/.npz array file (no numpy header",
+        "empty.npy": "at least 2 samples as rows of at least one value",
+    }
+    for name, expected in cases.items():
+        path = str(tmp_path / name)
+        _rejected(_run("--real", ok, "--fake", path), f"--fake: {path}", expected)
+        assert "pickled (object) data" not in _run("--real", path, "--fake", ok).output
+
+
+# ------------------------------------------------------------------ options
+def test_bad_ranges_and_params_say_what_is_wrong(tmp_path):
+    a = str(tmp_path / "a.npy")
+    np.save(a, np.random.default_rng(0).random((50, 2)))
+    files = ["--real", a, "--fake", a]
+    for value in ("1,0", "0,0", "-1,inf", "nan,1", "0,nan"):
+        _rejected(_run(*files, "--range", value), f"--range {value!r}")
+    _rejected(_run(*files, "--range", "1,0"), "LO must be below HI, e.g. 0,1")
+    _rejected(_run(*files, "--range", "-1,inf"), "finite")
+    cases = [
+        (["-p", "parzen.sigma"], "--param 'parzen.sigma': expected METRIC.KEY=VALUE"),
+        (["-p", "parzen=1"], "expected METRIC.KEY=VALUE"),
+        (["-p", "parzen.sigmas=[0.1"], "the value is not valid TOML"),
+        (["-m", "modes", "-p", "divergences.bins=3"], "divergences was not selected with -m"),
+        (["-p", "parzn.sigma=1"], "did you mean 'parzen'"),
+    ]
+    for args, expected in cases:
+        res = _run(*files, *args)
+        _rejected(res, expected)
+        assert "MLflow" not in res.output and "--set" not in res.output
+
+
+def test_a_metric_named_twice_runs_once(tmp_path, monkeypatch):
+    from gan_pipe.plugins.metrics import parzen
+
+    calls = []
+    compute = parzen.ParzenMetric.compute
+    monkeypatch.setattr(
+        parzen.ParzenMetric, "compute", lambda self, ctx: calls.append(1) or compute(self, ctx)
+    )
+    a = str(tmp_path / "a.npy")
+    np.save(a, np.random.default_rng(0).random((50, 2)))
+    out = _score("--real", a, "--fake", a, "-m", "parzen", "-m", "parzen", "-m", "parzen")
+    assert len(calls) == 1 and "parzen_ll" in out
+
+
+def test_two_metrics_reporting_one_key_is_an_error(tmp_path):
+    from gan_pipe.manager import load_plugins
+    from gan_pipe.registry import Component
+    from gan_pipe.scoring import score
+
+    class Constant:
+        def __init__(self, params):
+            pass
+
+        def compute(self, ctx):
+            return {"shared": 1.0}
+
+    reg = load_plugins(entry_points=False).registry
+    for name in ("one", "two"):
+        reg.add(Component(kind="metric", name=name, factory=Constant, plugin="test"))
+    np.save(tmp_path / "a.npy", np.zeros((10, 2)))
+    a = tmp_path / "a.npy"
+    with pytest.raises(UserError, match="metrics one and two both report shared"):
+        score(reg, a, a, ["one", "two"])
+    assert score(reg, a, a, ["one", "one"])[0] == {"shared": 1.0}
