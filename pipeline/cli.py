@@ -215,30 +215,43 @@ def score(
     ] = None,
     param: Annotated[
         list[str] | None,
-        typer.Option("--param", "-p", help="metric setting: --param parzen.n_val=500"),
+        typer.Option(
+            "--param",
+            "-p",
+            help="setting of a metric selected with -m: --param parzen.n_val=500 "
+            "(keys: gan-pipe plugins --params)",
+        ),
     ] = None,
     value_range: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--range",
-            help="LO,HI of the sample values, finite, LO < HI (Parzen maps them to [0,1])",
+            help="LO,HI of the sample values, finite, LO < HI; parzen and fid map it to [0,1] "
+            "(default 0,1; with --dataset the dataset's range, which --range may only repeat)",
+            show_default=False,
         ),
-    ] = "0,1",
+    ] = None,
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", help="take modes/density from this dataset, e.g. ring8"),
+        typer.Option(
+            "--dataset",
+            help="registered dataset the samples come from (e.g. ring8, digits): adds its mode "
+            "centres, density, value range and labelled images; the real rows stay --real's",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Score two sample files with any metric, e.g. samples of a generator trained elsewhere.
 
-    A random 10% of the real rows (seed 0) is held out as Parzen's validation split; the rest is the test split the metrics compare with.
+    A random 10% of the real rows (seed 0) is held out as Parzen's validation split; the rest is the test split the metrics compare with (and draw real samples from).
+
+    --dataset NAME adds what sample files cannot carry: mode centres (modes), the exact density (divergences' KDE KL), labelled training images for fid's classifier (its accuracy is measured on the dataset's own test split) and the value range (--range may only repeat it). It never replaces --real: the real rows are always the file's. Rows must have the dataset's sample shape; flat rows of an image dataset's size are reshaped to its (C, H, W).
     """  # noqa: E501 (one line per paragraph: the help renderer keeps line breaks)
     from .scoring import parse_range
     from .scoring import score as run_score
 
     try:
-        lo_hi = parse_range(value_range)
+        lo_hi = parse_range(value_range) if value_range is not None else None
         values, notes = run_score(
             _plugins().registry, real, fake, metric or ["parzen"], param, lo_hi, dataset
         )

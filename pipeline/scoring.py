@@ -8,7 +8,8 @@ samples), ``ctx.generate(n)`` (here the first n rows of the fake samples), ``ctx
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,11 @@ class ScoreContext:
     step: int = 0
     notes: list[str] = field(default_factory=list)
     metric: str = ""
+    #: (rows asked for, rows returned) of each generate call of the current metric
+    drawn: list[tuple[int, int]] = field(default_factory=list)
 
     def generate(self, n: int, batch_size: int = 0) -> Any:
+        self.drawn.append((n, min(n, len(self.fake))))
         if n > len(self.fake):
             note = (
                 f"{self.metric} asked for {n} generated samples; the fake file has "
@@ -62,8 +66,35 @@ class ScoreContext:
         return self.fake[:n].to(self.device)
 
 
+#: What metrics need from a dataset that sample files cannot carry: a check, what it is, and
+#: the built-in datasets that have it (for the hint to pass --dataset).
+_NEEDS: dict[str, tuple[Callable[[Dataset], bool], str, str]] = {
+    "modes": (
+        lambda ds: "modes" in ds.info and "mode_std" in ds.info,
+        "the mode centres of a known mixture",
+        "ring8|grid25|gaussian-1d",
+    ),
+    "fid": (
+        lambda ds: ds.train_labels is not None,
+        "labelled training images for its feature classifier",
+        "digits|mnist|fashion-mnist",
+    ),
+}
+
 #: A .npy file starts with this, a .npz file (a zip archive) with the second.
 _MAGIC = (b"\x93NUMPY", b"PK\x03\x04")
+
+
+@dataclass
+class ScoreDataset(Dataset):
+    """The dataset metrics see in score mode; records whether a metric mapped its value range
+    to [0, 1] (``to_unit``), so the note about values outside the range is given only then."""
+
+    mapped: bool = False
+
+    def to_unit(self, x: Any) -> Any:
+        self.mapped = True
+        return super().to_unit(x)
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -191,6 +222,30 @@ def _check_magnitude(x: Any, ds: Dataset, what: str, path: Path, where: str) -> 
         )
 
 
+def _values(shape: tuple[int, ...]) -> str:
+    n = math.prod(shape)
+    return "1 value" if n == 1 else f"{n} values"
+
+
+def _conform(x: Any, ds: Dataset, what: str, path: Path, notes: list[str]) -> Any:
+    """Rows of ``x`` in the dataset's sample shape: as they are, or flat rows of an image
+    dataset (or images of a flat one) reshaped; else a UserError."""
+    row, shape = tuple(x.shape[1:]), tuple(ds.shape)
+    if row == shape:
+        return x
+    if math.prod(row) == math.prod(shape) and (len(row) == 1 or len(shape) == 1):
+        notes.append(
+            f"--{what}: rows of {_values(row)} reshaped to the sample shape {shape} "
+            f"of dataset {ds.name}"
+        )
+        return x.reshape(len(x), *shape)
+    raise UserError(
+        f"--{what}: {path} has rows of shape {row} ({_values(row)}), but dataset {ds.name!r} "
+        f"has samples of shape {shape} ({_values(shape)}); give samples of that dataset, or "
+        "leave out --dataset"
+    )
+
+
 def _parse_params(items: list[str], metrics: list[str], known: list[str]) -> dict[str, dict]:
     """``--param METRIC.KEY=VALUE`` items, by metric (each metric selected with -m)."""
     per_metric: dict[str, dict[str, Any]] = {m: {} for m in metrics}
@@ -220,18 +275,83 @@ def _parse_params(items: list[str], metrics: list[str], known: list[str]) -> dic
     return per_metric
 
 
+def _score_dataset(
+    real: Any,
+    name: str,
+    base: Dataset | None,
+    value_range: tuple[float, float],
+) -> ScoreDataset:
+    """The dataset metrics see: val and test are the real rows (a random 10% held out as
+    validation: sample files are often sorted); ``base`` (from --dataset) adds only what it
+    knows, never real rows of its own."""
+    import numpy as np
+    import torch
+
+    n_val = max(1, len(real) // 10)
+    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(real)))
+    val, test = real[perm[:n_val]], real[perm[n_val:]]
+    if base is None:
+        return ScoreDataset(
+            name=name,
+            train=real,
+            val=val,
+            test=test,
+            value_range=value_range,
+            is_image=real.ndim == 4,
+        )
+    info = dict(base.info)
+    if base.test is not None and base.test_labels is not None:
+        # fid measures its classifier's accuracy here: the test split is the unlabelled --real
+        info["labelled_test"] = (base.test, base.test_labels)
+    kept = {f.name: getattr(base, f.name) for f in fields(Dataset)}
+    # train (and its labels: fid's classifier), log_density, value_range and info stay; the
+    # sampler goes, so no metric draws real rows of its own instead of --real's
+    kept.update(val=val, test=test, test_labels=None, sample=None, info=info)
+    return ScoreDataset(**kept)
+
+
+def _range_notes(ds: ScoreDataset, files: dict[str, Any], users: list[str], where: str) -> list:
+    lo, hi = ds.value_range
+    fix = (
+        "give the data's range (e.g. --range -1,1)"
+        if where.startswith("--range")
+        else "give samples in that scale"
+    )
+    notes = []
+    for what, x in files.items():
+        if x.min() < lo or x.max() > hi:
+            notes.append(
+                f"{what} values span [{x.min():.3g}, {x.max():.3g}], outside {where}; "
+                f"{' and '.join(users)} map{'s' if len(users) == 1 else ''} it to [0, 1], so {fix}"
+            )
+    return notes
+
+
+def _rows_used(result: dict[str, float], drawn: list[tuple[int, int]]) -> None:
+    """A count of generated samples reported as asked (n) is set to the rows there were."""
+    short = {float(n): float(got) for n, got in drawn if got < n}
+    for key, value in result.items():
+        if key.endswith("n_samples") and value in short:
+            result[key] = short[value]
+
+
 def score(
     registry: Registry,
     real_path: Path,
     fake_path: Path,
     metrics: list[str],
     params: list[str] | None = None,
-    value_range: tuple[float, float] = (0.0, 1.0),
+    value_range: tuple[float, float] | None = None,
     dataset: str | None = None,
     device: str = "cpu",
 ) -> tuple[dict[str, float], list[str]]:
-    """Compute metrics on two sample files; returns (values, notes)."""
-    import numpy as np
+    """Compute metrics on two sample files; returns (values, notes).
+
+    ``value_range`` defaults to (0, 1); with ``dataset`` it is the dataset's, and a different
+    one is an error (its modes, density and labelled images are in that scale). With
+    ``dataset`` the rows must have its sample shape (flat rows of an image dataset's size are
+    reshaped); it adds what it knows, while the real rows are always ``real_path``'s.
+    """
     import torch
 
     metrics = list(dict.fromkeys(metrics))  # -m parzen -m parzen runs it once
@@ -245,52 +365,57 @@ def score(
             lines = format_validation_errors(e, comp.params, prefix=name)
             raise UserError("bad --param: " + "; ".join(lines)) from None
 
+    notes: list[str] = []
+    base = None
+    if dataset is not None:
+        comp = registry.get("dataset", dataset)
+        base = comp.factory(comp.params.model_validate({}))
     real = load_samples(real_path, "real")
     fake = load_samples(fake_path, "fake")
+    if base is not None:
+        if value_range is not None and tuple(value_range) != tuple(base.value_range):
+            lo, hi = base.value_range
+            raise UserError(
+                f"--range cannot be combined with --dataset {dataset}: the dataset's value "
+                f"range {lo:g},{hi:g} is used (its modes, density or labelled images are in that "
+                "scale); leave out --range and give samples in that scale"
+            )
+        real = _conform(real, base, "real", real_path, notes)
+        fake = _conform(fake, base, "fake", fake_path, notes)
     if real.shape[1:] != fake.shape[1:]:
         raise UserError(
             f"real samples have shape {tuple(real.shape[1:])} per row, fake {tuple(fake.shape[1:])}"
         )
-    if dataset is not None:
-        ds = registry.get("dataset", dataset).factory(
-            registry.get("dataset", dataset).params.model_validate({})
-        )
-        ds.test = real
-    else:
-        # Parzen chooses sigma on a validation split: hold out a random 10% of the real rows
-        # (random, not the first rows: sample files are often sorted).
-        n_val = max(1, len(real) // 10)
-        perm = torch.from_numpy(np.random.default_rng(0).permutation(len(real)))
-        ds = Dataset(
-            name=real_path.stem,
-            train=real,
-            val=real[perm[:n_val]],
-            test=real[perm[n_val:]],
-            value_range=value_range,
-            is_image=real.ndim == 4,
-        )
+    ds = _score_dataset(real, real_path.stem, base, value_range or (0.0, 1.0))
     lo, hi = ds.value_range
     where = (
-        f"--range {lo:g},{hi:g}"
-        if dataset is None
-        else f"the value range {lo:g},{hi:g} of {dataset}"
+        f"--range {lo:g},{hi:g}" if base is None else f"the value range {lo:g},{hi:g} of {dataset}"
     )
     _check_magnitude(real, ds, "real", real_path, where)
     _check_magnitude(fake, ds, "fake", fake_path, where)
-    ctx = ScoreContext(dataset=ds, fake=fake, device=torch.device(device))
-    for what, x in (("real", real), ("fake", fake)):
-        if dataset is None and (x.min() < lo or x.max() > hi):
-            ctx.notes.append(
-                f"{what} values span [{x.min():.3g}, {x.max():.3g}], outside --range "
-                f"{lo:g},{hi:g}; Parzen maps --range to [0, 1], so give the data's range "
-                "(e.g. --range -1,1)"
+    for name in metrics:
+        need = _NEEDS.get(name)
+        if need is not None and not need[0](ds):
+            has = (
+                f"dataset {dataset!r} has none"
+                if dataset is not None
+                else "sample files do not carry them"
             )
+            raise UserError(
+                f"-m {name} needs {need[1]}; {has}: pass the dataset the samples come from "
+                f"with --dataset {need[2]}"
+            )
+
+    ctx = ScoreContext(dataset=ds, fake=fake, device=torch.device(device), notes=notes)
     values: dict[str, float] = {}
     reported_by: dict[str, str] = {}
+    range_users: list[str] = []
+    scale = "--range" if base is None else "the samples' scale"
     for name in metrics:
         p = validated[name]
-        ctx.metric = name
+        ctx.metric, ctx.drawn, ds.mapped = name, [], False
         result = dict(comps[name].factory(p).compute(ctx))
+        _rows_used(result, ctx.drawn)
         clash = sorted(result.keys() & values.keys())
         if clash:
             raise UserError(
@@ -299,12 +424,16 @@ def score(
             )
         values.update(result)
         reported_by.update(dict.fromkeys(result, name))
+        if ds.mapped:
+            range_users.append(name)
         grid = getattr(p, "sigmas", None)
-        if "parzen_sigma" in values and grid and getattr(p, "sigma", None) is None:
-            if values["parzen_sigma"] in (min(grid), max(grid)):
-                ctx.notes.append(
-                    f"{name}: the chosen sigma {values['parzen_sigma']:.3g} is at the edge of "
+        if "parzen_sigma" in result and grid and getattr(p, "sigma", None) is None:
+            if result["parzen_sigma"] in (min(grid), max(grid)):
+                notes.append(
+                    f"{name}: the chosen sigma {result['parzen_sigma']:.3g} is at the edge of "
                     f"the grid [{min(grid):.3g}, {max(grid):.3g}]; the best sigma may lie "
-                    f"outside it (check --range, or --param {name}.sigmas=[...])"
+                    f"outside it (check {scale}, or --param {name}.sigmas=[...])"
                 )
-    return values, ctx.notes
+    if range_users and (base is None or ds.is_image):
+        notes += _range_notes(ds, {"real": real, "fake": fake}, range_users, where)
+    return values, notes

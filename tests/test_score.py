@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.stats as st
+import torch
 from scipy.special import logsumexp
 from typer.testing import CliRunner
 
@@ -266,3 +267,127 @@ def test_two_metrics_reporting_one_key_is_an_error(tmp_path):
     with pytest.raises(UserError, match="metrics one and two both report shared"):
         score(reg, a, a, ["one", "two"])
     assert score(reg, a, a, ["one", "one"])[0] == {"shared": 1.0}
+
+
+# ------------------------------------------------------------------ --dataset
+def _dataset(name, **params):
+    from gan_pipe.manager import load_plugins
+
+    comp = load_plugins(entry_points=False).registry.get("dataset", name)
+    return comp.factory(comp.params(**params))
+
+
+def _split(n):
+    """(validation, test) row indices of a real file of n rows, as score splits it."""
+    perm = np.random.default_rng(0).permutation(n)
+    return perm[: max(1, n // 10)], perm[max(1, n // 10) :]
+
+
+def test_dataset_never_replaces_the_real_rows(tmp_path):
+    # gaussian-1d is N(4, 0.5) and has a sampler; the files are N(0, 1). Every real row the
+    # metrics see must be the file's: W1 and Parzen's splits say which rows were used.
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(0, 1, 1000), rng.normal(0, 1, 400)
+    np.save(tmp_path / "r.npy", real)
+    np.save(tmp_path / "f.npy", fake)
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy")]
+    out = _score(*files, "--dataset", "gaussian-1d", "-m", "divergences", "-m", "parzen")
+    _, test = _split(1000)
+    assert out["w1"] == pytest.approx(st.wasserstein_distance(real[test], fake), rel=1e-6)
+    assert out["parzen_n_val"] == 100 and out["parzen_n_test"] == 900
+    assert "kl_kde" in out  # the dataset's density is still used
+
+
+def test_range_with_dataset_is_rejected_unless_it_is_the_datasets(tmp_path):
+    x = _dataset("ring8", n_train=10, n_val=0).test[:300].numpy()
+    np.save(tmp_path / "r.npy", x)
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "r.npy")]
+    _rejected(
+        _run(*files, "--dataset", "ring8", "-m", "modes", "--range", "-1,1"),
+        "--range cannot be combined with --dataset ring8",
+        "-1.04,1.04",
+    )
+    res = _run(*files, "--dataset", "ring8", "-m", "modes", "--range", "-1.04,1.04")
+    assert res.exit_code == 0, res.output
+
+
+def test_the_registered_dataset_object_is_not_changed(tmp_path):
+    from gan_pipe.manager import load_plugins
+    from gan_pipe.registry import Component
+    from gan_pipe.scoring import score
+
+    ds = _dataset("gaussian-1d", n_train=500, n_val=100, n_test=100)
+    before = {"test": ds.test.clone(), "val": ds.val.clone(), "info": dict(ds.info)}
+    sample = ds.sample
+    reg = load_plugins(entry_points=False).registry
+    reg.add(Component(kind="dataset", name="shared", factory=lambda p: ds, plugin="test"))
+    np.save(tmp_path / "r.npy", np.random.default_rng(0).normal(4, 0.5, 300))
+    r = tmp_path / "r.npy"
+    values, _ = score(reg, r, r, ["divergences", "modes"], dataset="shared")
+    assert values["modes"] == 1
+    assert torch.equal(ds.test, before["test"]) and torch.equal(ds.val, before["val"])
+    assert ds.info == before["info"] and ds.sample is sample
+
+
+def test_rows_must_have_the_datasets_shape(tmp_path):
+    one, two = str(tmp_path / "one.npy"), str(tmp_path / "two.npy")
+    np.save(one, np.random.default_rng(0).normal(size=300))
+    np.save(two, np.random.default_rng(0).normal(size=(300, 2)))
+    cases = [
+        (two, "gaussian-1d", "rows of shape (2,) (2 values), but dataset 'gaussian-1d' has"),
+        (one, "ring8", "rows of shape (1,) (1 value), but dataset 'ring8' has samples"),
+        (one, "digits", "of shape (1, 28, 28) (784 values)"),
+    ]
+    for path, name, expected in cases:
+        _rejected(_run("--real", path, "--fake", path, "-m", "fid", "--dataset", name), expected)
+
+
+def test_modes_and_fid_say_to_pass_a_dataset(tmp_path):
+    a = str(tmp_path / "a.npy")
+    np.save(a, np.random.default_rng(0).random((300, 2)))
+    files = ["--real", a, "--fake", a]
+    _rejected(_run(*files, "-m", "parzen", "-m", "modes"), "--dataset ring8|grid25|gaussian-1d")
+    _rejected(_run(*files, "-m", "fid"), "-m fid needs labelled", "--dataset digits")
+    _rejected(_run(*files, "-m", "fid", "--dataset", "ring8"), "dataset 'ring8' has none")
+
+
+def test_fid_with_digits_scores_any_number_of_real_rows(tmp_path):
+    # The real file has all 1,297 training digits (not the 300 of the test split the labels
+    # belong to) and the fake file flat rows of 784 values; the classifier's accuracy is its
+    # accuracy on the digits' own labelled test split.
+    from gan_pipe.plugins.metrics import frechet
+
+    ds = _dataset("digits")
+    np.save(tmp_path / "r.npy", ds.train.numpy())
+    np.save(tmp_path / "f.npy", ds.val.numpy().reshape(len(ds.val), -1))
+    args = ["-m", "fid", "--dataset", "digits", "-p", "fid.epochs=1", "-p", "fid.n_samples=200"]
+    args += ["-p", "fid.kid_subsets=5", "-p", f"fid.cache_dir={tmp_path}"]
+    res = _run("--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy"), *args)
+    assert res.exit_code == 0, res.output
+    assert "reshaped to the sample shape (1, 28, 28) of dataset digits" in res.output
+    out = dict(line.split() for line in res.stdout.splitlines())
+    assert float(out["fid_n_samples"]) == 200 and float(out["fid_n_ref"]) == 200
+    p = frechet.FrechetParams(epochs=1, n_samples=200, kid_subsets=5, cache_dir=str(tmp_path))
+    model, cached, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
+    assert cached  # the classifier score trained: same data, same settings
+    acc = frechet.classifier_accuracy(model, ds.to_unit(ds.test), ds.test_labels, "cpu")
+    assert float(out["fid_classifier_acc"]) == pytest.approx(acc, abs=5e-6)
+
+
+def test_range_note_only_for_metrics_that_use_the_range(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "r.npy", rng.normal(4, 0.5, (300, 1)))
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "r.npy")]
+    res = runner.invoke(app, ["score", *files, "-m", "divergences"])
+    assert res.exit_code == 0 and "outside --range" not in res.output
+    res = runner.invoke(app, ["score", *files, "-m", "divergences", "-m", "parzen"])
+    assert "real values span" in res.output and "outside --range 0,1; parzen maps" in res.output
+
+
+def test_modes_reports_the_samples_it_had(tmp_path):
+    ds = _dataset("ring8", n_train=10, n_val=0, n_test=1000)
+    np.save(tmp_path / "r.npy", ds.test.numpy())
+    np.save(tmp_path / "f.npy", ds.test[:300].numpy())
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy")]
+    out = _score(*files, "-m", "modes", "--dataset", "ring8")
+    assert out["modes_n_samples"] == 300 and out["modes"] == 8
