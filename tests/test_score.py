@@ -374,6 +374,33 @@ def test_fid_with_digits_scores_any_number_of_real_rows(tmp_path):
     assert float(out["fid_classifier_acc"]) == pytest.approx(acc, abs=5e-6)
 
 
+# ------------------------------------------------------------------ output
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_json_has_null_for_nonfinite_values(tmp_path):
+    # a constant real file has std 0: divergences' std_ratio is inf
+    np.save(tmp_path / "r.npy", np.zeros(100))
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).normal(size=100))
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy")]
+    res = runner.invoke(app, ["score", *files, "-m", "divergences", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert out["std_ratio"] is None and out["w1"] > 0
+
+
+def test_plain_output_is_rounded_and_json_is_not(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "r.npy", rng.normal(0, 1, 300))
+    np.save(tmp_path / "f.npy", rng.normal(0.1, 1.3, 300))
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy")]
+    plain = runner.invoke(app, ["score", *files, "-m", "divergences"]).stdout.splitlines()
+    full = _score(*files, "-m", "divergences")
+    assert [line.split()[0] for line in plain] == list(full)
+    for line in plain:
+        key, text = line.split()
+        assert text == f"{full[key]:.6g}"
+    assert any(len(repr(v)) > 10 for v in full.values())  # something was rounded
+
+
 def test_range_note_only_for_metrics_that_use_the_range(tmp_path):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "r.npy", rng.normal(4, 0.5, (300, 1)))
@@ -391,3 +418,13 @@ def test_modes_reports_the_samples_it_had(tmp_path):
     files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy")]
     out = _score(*files, "-m", "modes", "--dataset", "ring8")
     assert out["modes_n_samples"] == 300 and out["modes"] == 8
+
+
+def test_help_lists_metrics_and_where_params_are():
+    res = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    assert "Metrics (-m): divergences, fid, modes, parzen" in text
+    assert "gan-pipe plugins --params" in text
+    assert "It never replaces --real" in text and "gaussian-1d, grid25" in text
+    assert runner.invoke(app, ["plugins", "--params"]).exit_code == 0  # the flag it names
