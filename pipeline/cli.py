@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import traceback
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from . import __version__
 from .errors import GanPipeError, RecipeError, UserError
@@ -201,7 +203,32 @@ def plugins(
         typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
 
 
-@app.command()
+class _ScoreCommand(typer.core.TyperCommand):
+    """``score``'s help names the registered metrics and datasets, read when it is shown."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self.help = _score_help(self.help or "")
+        super().format_help(ctx, formatter)
+
+
+def _score_help(text: str) -> str:
+    try:
+        from .manager import load_plugins
+
+        registry = load_plugins().registry
+        metrics, datasets = registry.names("metric"), registry.names("dataset")
+    except Exception:  # noqa: BLE001 - the help must show even when a plugin is broken
+        metrics = datasets = ["(see gan-pipe plugins)"]
+    return text.replace("{METRICS}", ", ".join(metrics)).replace("{DATASETS}", ", ".join(datasets))
+
+
+def _json_values(values: dict[str, float]) -> str:
+    """One JSON object; NaN and infinities (not JSON) become null."""
+    clean = {k: v if math.isfinite(v) else None for k, v in values.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
+@app.command(cls=_ScoreCommand)
 def score(
     real: Annotated[
         Path, typer.Option("--real", help="real samples, .npy with one row per sample")
@@ -209,42 +236,64 @@ def score(
     fake: Annotated[Path, typer.Option("--fake", help="generated samples, same layout")],
     metric: Annotated[
         list[str] | None,
-        typer.Option("--metric", "-m", help="metric name (repeatable); default: parzen"),
+        typer.Option(
+            "--metric", "-m", help="metric name (repeatable, each runs once); default: parzen"
+        ),
     ] = None,
     param: Annotated[
         list[str] | None,
-        typer.Option("--param", "-p", help="metric setting: --param parzen.n_val=500"),
+        typer.Option(
+            "--param",
+            "-p",
+            help="setting of a metric selected with -m: --param parzen.n_val=500 "
+            "(keys: gan-pipe plugins --params)",
+        ),
     ] = None,
     value_range: Annotated[
-        str, typer.Option("--range", help="LO,HI of the sample values (Parzen maps them to [0,1])")
-    ] = "0,1",
+        str | None,
+        typer.Option(
+            "--range",
+            help="LO,HI of the sample values, finite, LO < HI; parzen and fid map it to [0,1] "
+            "(default 0,1; with --dataset the dataset's range, which --range may only repeat)",
+            show_default=False,
+        ),
+    ] = None,
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", help="take modes/density from this dataset, e.g. ring8"),
+        typer.Option(
+            "--dataset",
+            help="registered dataset the samples come from (e.g. ring8, digits): adds its mode "
+            "centres, density, value range and labelled images; the real rows stay --real's",
+        ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print one JSON object (null for NaN or inf)")
+    ] = False,
 ) -> None:
     """Score two sample files with any metric, e.g. samples of a generator trained elsewhere.
 
-    A random 10% of the real rows (seed 0) is held out as Parzen's validation split; the rest is the test split the metrics compare with.
+    Metrics (-m): {METRICS}. Their --param keys and defaults: gan-pipe plugins --params.
+
+    A random 10% of the real rows (seed 0) is held out as Parzen's validation split; the rest is the test split the metrics compare with (and draw real samples from).
+
+    --dataset NAME ({DATASETS}) adds what sample files cannot carry: mode centres (modes), the exact density (divergences' KDE KL), labelled training images for fid's classifier (its accuracy is measured on the dataset's own test split) and the value range (--range may only repeat it). It never replaces --real: the real rows are always the file's. Rows must have the dataset's sample shape; flat rows of an image dataset's size are reshaped to its (C, H, W).
+
+    Both files are read as numbers and scored in float32: NaN or infinite values (in any row of either file), complex numbers and values beyond float32's range are errors; drop or rescale such rows first. Plain output rounds to 6 significant digits, --json keeps full precision.
     """  # noqa: E501 (one line per paragraph: the help renderer keeps line breaks)
+    from .scoring import parse_range
     from .scoring import score as run_score
 
     try:
-        lo, hi = (float(v) for v in value_range.split(","))
-    except ValueError:
-        _err(f"--range {value_range!r}: expected two numbers LO,HI, e.g. 0,1 or -1,1")
-        raise typer.Exit(2) from None
-    try:
+        lo_hi = parse_range(value_range) if value_range is not None else None
         values, notes = run_score(
-            _plugins().registry, real, fake, metric or ["parzen"], param, (lo, hi), dataset
+            _plugins().registry, real, fake, metric or ["parzen"], param, lo_hi, dataset
         )
     except UserError as e:
         raise _fail(e) from None
     for note in notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
     if as_json:
-        typer.echo(json.dumps(values))
+        typer.echo(_json_values(values))
         return
     for key, value in values.items():
         typer.echo(f"{key:<24} {value:.6g}")

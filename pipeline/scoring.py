@@ -7,14 +7,16 @@ samples), ``ctx.generate(n)`` (here the first n rows of the fake samples), ``ctx
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from .context import Dataset
-from .errors import UserError
+from .errors import RecipeError, UserError, did_you_mean
 from .recipe import format_validation_errors, parse_override
 from .registry import Registry
 
@@ -49,8 +51,11 @@ class ScoreContext:
     step: int = 0
     notes: list[str] = field(default_factory=list)
     metric: str = ""
+    #: (rows asked for, rows returned) of each generate call of the current metric
+    drawn: list[tuple[int, int]] = field(default_factory=list)
 
     def generate(self, n: int, batch_size: int = 0) -> Any:
+        self.drawn.append((n, min(n, len(self.fake))))
         if n > len(self.fake):
             note = (
                 f"{self.metric} asked for {n} generated samples; the fake file has "
@@ -61,30 +66,273 @@ class ScoreContext:
         return self.fake[:n].to(self.device)
 
 
-def load_samples(path: Path, what: str) -> Any:
-    """A .npy (or .npz with one array) file of samples, rows first, as a float32 tensor."""
+#: What metrics need from a dataset that sample files cannot carry: a check, what it is, and
+#: the built-in datasets that have it (for the hint to pass --dataset).
+_NEEDS: dict[str, tuple[Callable[[Dataset], bool], str, str]] = {
+    "modes": (
+        lambda ds: "modes" in ds.info and "mode_std" in ds.info,
+        "the mode centres of a known mixture",
+        "ring8|grid25|gaussian-1d",
+    ),
+    "fid": (
+        lambda ds: ds.train_labels is not None,
+        "labelled training images for its feature classifier",
+        "digits|mnist|fashion-mnist",
+    ),
+}
+
+#: A .npy file starts with this, a .npz file (a zip archive) with the second.
+_MAGIC = (b"\x93NUMPY", b"PK\x03\x04")
+
+
+@dataclass
+class ScoreDataset(Dataset):
+    """The dataset metrics see in score mode; records whether a metric mapped its value range
+    to [0, 1] (``to_unit``), so the note about values outside the range is given only then."""
+
+    mapped: bool = False
+
+    def to_unit(self, x: Any) -> Any:
+        self.mapped = True
+        return super().to_unit(x)
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    """``"LO,HI"`` -> (lo, hi): two finite numbers, lo < hi."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--range {text!r}: expected two numbers LO,HI, e.g. 0,1 or -1,1") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UserError(f"--range {text!r}: LO and HI must be finite numbers, e.g. -1,1")
+    if lo >= hi:
+        example = f"{hi:g},{lo:g}" if lo > hi else "-1,1"
+        raise UserError(f"--range {text!r}: LO must be below HI, e.g. {example}")
+    return lo, hi
+
+
+def _read_array(path: Path, what: str) -> Any:
+    """The one numeric array in a .npy or .npz file."""
     import numpy as np
-    import torch
 
     if not path.exists():
         raise UserError(f"--{what}: file {path} not found")
+    if not path.is_file():
+        raise UserError(f"--{what}: {path} is not a file")
+    with path.open("rb") as f:
+        head = f.read(6)
+    if not head.startswith(_MAGIC):
+        raise UserError(
+            f"--{what}: {path} is not a .npy/.npz array file (no numpy header: a text, CSV or "
+            "pickle file?); save the samples with numpy.save(path, array)"
+        )
+    objects = (
+        f"--{what}: {path} holds Python objects (dtype object), not a numeric array; save "
+        "one, e.g. numpy.save(path, numpy.asarray(samples, dtype=numpy.float32))"
+    )
     try:
         arr = np.load(path, allow_pickle=False)
-    except Exception as e:  # numpy raises several types for a bad file
-        raise UserError(f"--{what}: {path} is not a .npy/.npz array file ({e})") from None
-    if hasattr(arr, "files"):
-        if len(arr.files) != 1:
-            raise UserError(f"--{what}: {path} holds {len(arr.files)} arrays; give a file with one")
-        arr = arr[arr.files[0]]
-    if arr.ndim == 1:
-        arr = arr[:, None]  # a 1-D file is n samples of one value
-    if arr.ndim < 2 or len(arr) < 2:
+        if hasattr(arr, "files"):
+            if len(arr.files) != 1:
+                raise UserError(
+                    f"--{what}: {path} holds {len(arr.files)} arrays; give a file with one"
+                )
+            arr = arr[arr.files[0]]
+    except UserError:
+        raise
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise UserError(objects) from None
+        raise UserError(f"--{what}: {path} is not a readable .npy/.npz array ({e})") from None
+    except Exception as e:  # numpy raises several types for a damaged file
+        raise UserError(f"--{what}: {path} is not a readable .npy/.npz array ({e})") from None
+    if arr.dtype == object:
+        raise UserError(objects)
+    if np.iscomplexobj(arr):
         raise UserError(
-            f"--{what}: {path} must hold at least 2 samples as rows, got shape {arr.shape}"
+            f"--{what}: {path} holds complex values ({arr.dtype}); metrics score real numbers: "
+            "save the part you mean, e.g. samples.real or numpy.abs(samples)"
         )
     if not np.issubdtype(arr.dtype, np.number):
         raise UserError(f"--{what}: {path} holds {arr.dtype} values, not numbers")
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    return arr
+
+
+def _bad_rows(path: Path, mask: Any) -> str:
+    """E.g. "a.npy has 3 rows (of 200; the first is row 17)", for a boolean mask over rows."""
+    import numpy as np
+
+    idx = np.flatnonzero(mask)
+    rows = "1 row" if len(idx) == 1 else f"{len(idx)} rows"
+    return f"{path} has {rows} (of {len(mask)}; the first is row {idx[0]})"
+
+
+def load_samples(path: Path, what: str) -> Any:
+    """A .npy (or .npz with one array) file of samples, rows first, as a float32 tensor.
+
+    Checked in the file's own dtype (every value finite), then after the cast to float32 (the
+    metrics compute in float32): nothing turns into inf or NaN unnoticed.
+    """
+    import numpy as np
+    import torch
+
+    arr = _read_array(path, what)
+    if arr.ndim == 1:
+        arr = arr[:, None]  # a 1-D file is n samples of one value
+    if arr.ndim < 2 or len(arr) < 2 or math.prod(arr.shape[1:]) == 0:
+        raise UserError(
+            f"--{what}: {path} must hold at least 2 samples as rows of at least one value, "
+            f"got shape {arr.shape}"
+        )
+    rows = arr.reshape(len(arr), -1)  # checked in the file's own dtype: nothing rounds yet
+    bad = ~np.isfinite(rows).all(axis=1)
+    if bad.any():
+        raise UserError(
+            f"--{what}: {_bad_rows(path, bad)} with NaN or infinite values; drop them "
+            "first, e.g. x = x[numpy.isfinite(x.reshape(len(x), -1)).all(axis=1)]"
+            + (" (a generator that outputs NaN has diverged)" if what == "fake" else "")
+        )
+    with np.errstate(over="ignore"):  # overflow is reported below, not warned about
+        x32 = arr.astype(np.float32)
+    big = ~np.isfinite(x32.reshape(len(arr), -1)).all(axis=1)
+    if big.any():
+        raise UserError(
+            f"--{what}: {_bad_rows(path, big)} with values beyond float32's range "
+            f"(largest {np.format_float_scientific(np.abs(rows).max(), 2, trim='-')}; float32 "
+            "stops at 3.4e38), and the metrics "
+            "compute in float32; rescale the samples"
+        )
+    return torch.from_numpy(np.ascontiguousarray(x32))
+
+
+def _check_magnitude(x: Any, ds: Dataset, what: str, path: Path, where: str) -> None:
+    """Reject values whose squared distances would overflow float32 once mapped to [0, 1]."""
+    lo, hi = ds.value_range
+    top = float(((x.double() - lo) / (hi - lo)).abs().max())
+    limit = math.sqrt(3.4e38 / math.prod(x.shape[1:])) * 1e-3  # room for sums and 1/sigma^2
+    if top > limit:
+        raise UserError(
+            f"--{what}: {path} holds values up to {float(x.abs().max()):.3g}, too large for "
+            f"{where}: squared distances between rows would overflow float32; "
+            + (
+                "give the data's range with --range LO,HI, or rescale the samples"
+                if where.startswith("--range")
+                else "give samples in the dataset's scale"
+            )
+        )
+
+
+def _values(shape: tuple[int, ...]) -> str:
+    n = math.prod(shape)
+    return "1 value" if n == 1 else f"{n} values"
+
+
+def _conform(x: Any, ds: Dataset, what: str, path: Path, notes: list[str]) -> Any:
+    """Rows of ``x`` in the dataset's sample shape: as they are, or flat rows of an image
+    dataset (or images of a flat one) reshaped; else a UserError."""
+    row, shape = tuple(x.shape[1:]), tuple(ds.shape)
+    if row == shape:
+        return x
+    if math.prod(row) == math.prod(shape) and (len(row) == 1 or len(shape) == 1):
+        notes.append(
+            f"--{what}: rows of {_values(row)} reshaped to the sample shape {shape} "
+            f"of dataset {ds.name}"
+        )
+        return x.reshape(len(x), *shape)
+    raise UserError(
+        f"--{what}: {path} has rows of shape {row} ({_values(row)}), but dataset {ds.name!r} "
+        f"has samples of shape {shape} ({_values(shape)}); give samples of that dataset, or "
+        "leave out --dataset"
+    )
+
+
+def _parse_params(items: list[str], metrics: list[str], known: list[str]) -> dict[str, dict]:
+    """``--param METRIC.KEY=VALUE`` items, by metric (each metric selected with -m)."""
+    per_metric: dict[str, dict[str, Any]] = {m: {} for m in metrics}
+    example = f"e.g. --param {metrics[0]}.n_samples=5000"
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--param {item!r}: expected METRIC.KEY=VALUE, {example}")
+        try:
+            keys, value = parse_override(item)
+        except RecipeError as e:
+            raise UserError("--param " + "; ".join(e.problems)) from None
+        if len(keys) != 2:
+            raise UserError(f"--param {item!r}: expected METRIC.KEY=VALUE, {example}")
+        name, key = keys
+        if name not in per_metric:
+            selected = ", ".join(metrics)
+            if name in known:
+                raise UserError(
+                    f"--param {item!r}: {name} was not selected with -m (selected: {selected}); "
+                    f"add -m {name}"
+                )
+            raise UserError(
+                f"--param {item!r}: {name!r} is not a metric selected with -m (selected: "
+                f"{selected}){did_you_mean(name, metrics)}"
+            )
+        per_metric[name][key] = value
+    return per_metric
+
+
+def _score_dataset(
+    real: Any,
+    name: str,
+    base: Dataset | None,
+    value_range: tuple[float, float],
+) -> ScoreDataset:
+    """The dataset metrics see: val and test are the real rows (a random 10% held out as
+    validation: sample files are often sorted); ``base`` (from --dataset) adds only what it
+    knows, never real rows of its own."""
+    import numpy as np
+    import torch
+
+    n_val = max(1, len(real) // 10)
+    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(real)))
+    val, test = real[perm[:n_val]], real[perm[n_val:]]
+    if base is None:
+        return ScoreDataset(
+            name=name,
+            train=real,
+            val=val,
+            test=test,
+            value_range=value_range,
+            is_image=real.ndim == 4,
+        )
+    info = dict(base.info)
+    if base.test is not None and base.test_labels is not None:
+        # fid measures its classifier's accuracy here: the test split is the unlabelled --real
+        info["labelled_test"] = (base.test, base.test_labels)
+    kept = {f.name: getattr(base, f.name) for f in fields(Dataset)}
+    # train (and its labels: fid's classifier), log_density, value_range and info stay; the
+    # sampler goes, so no metric draws real rows of its own instead of --real's
+    kept.update(val=val, test=test, test_labels=None, sample=None, info=info)
+    return ScoreDataset(**kept)
+
+
+def _range_notes(ds: ScoreDataset, files: dict[str, Any], users: list[str], where: str) -> list:
+    lo, hi = ds.value_range
+    fix = (
+        "give the data's range (e.g. --range -1,1)"
+        if where.startswith("--range")
+        else "give samples in that scale"
+    )
+    notes = []
+    for what, x in files.items():
+        if x.min() < lo or x.max() > hi:
+            notes.append(
+                f"{what} values span [{x.min():.3g}, {x.max():.3g}], outside {where}; "
+                f"{' and '.join(users)} map{'s' if len(users) == 1 else ''} it to [0, 1], so {fix}"
+            )
+    return notes
+
+
+def _rows_used(result: dict[str, float], drawn: list[tuple[int, int]]) -> None:
+    """A count of generated samples reported as asked (n) is set to the rows there were."""
+    short = {float(n): float(got) for n, got in drawn if got < n}
+    for key, value in result.items():
+        if key.endswith("n_samples") and value in short:
+            result[key] = short[value]
 
 
 def score(
@@ -93,73 +341,99 @@ def score(
     fake_path: Path,
     metrics: list[str],
     params: list[str] | None = None,
-    value_range: tuple[float, float] = (0.0, 1.0),
+    value_range: tuple[float, float] | None = None,
     dataset: str | None = None,
     device: str = "cpu",
 ) -> tuple[dict[str, float], list[str]]:
-    """Compute metrics on two sample files; returns (values, notes)."""
-    import numpy as np
+    """Compute metrics on two sample files; returns (values, notes).
+
+    ``value_range`` defaults to (0, 1); with ``dataset`` it is the dataset's, and a different
+    one is an error (its modes, density and labelled images are in that scale). With
+    ``dataset`` the rows must have its sample shape (flat rows of an image dataset's size are
+    reshaped); it adds what it knows, while the real rows are always ``real_path``'s.
+    """
     import torch
 
+    metrics = list(dict.fromkeys(metrics))  # -m parzen -m parzen runs it once
+    comps = {name: registry.get("metric", name) for name in metrics}
+    per_metric = _parse_params(params or [], metrics, registry.names("metric"))
+    validated = {}
+    for name, comp in comps.items():
+        try:
+            validated[name] = comp.validate_params(per_metric[name])
+        except ValidationError as e:
+            lines = format_validation_errors(e, comp.params, prefix=name)
+            raise UserError("bad --param: " + "; ".join(lines)) from None
+
+    notes: list[str] = []
+    base = None
+    if dataset is not None:
+        comp = registry.get("dataset", dataset)
+        base = comp.factory(comp.params.model_validate({}))
     real = load_samples(real_path, "real")
     fake = load_samples(fake_path, "fake")
+    if base is not None:
+        if value_range is not None and tuple(value_range) != tuple(base.value_range):
+            lo, hi = base.value_range
+            raise UserError(
+                f"--range cannot be combined with --dataset {dataset}: the dataset's value "
+                f"range {lo:g},{hi:g} is used (its modes, density or labelled images are in that "
+                "scale); leave out --range and give samples in that scale"
+            )
+        real = _conform(real, base, "real", real_path, notes)
+        fake = _conform(fake, base, "fake", fake_path, notes)
     if real.shape[1:] != fake.shape[1:]:
         raise UserError(
             f"real samples have shape {tuple(real.shape[1:])} per row, fake {tuple(fake.shape[1:])}"
         )
-    per_metric: dict[str, dict[str, Any]] = {m: {} for m in metrics}
-    for item in params or []:
-        keys, value = parse_override(item)
-        if len(keys) != 2 or keys[0] not in per_metric:
-            raise UserError(
-                f"--param {item!r}: expected METRIC.KEY=VALUE with METRIC one of "
-                f"{', '.join(metrics)}"
-            )
-        per_metric[keys[0]][keys[1]] = value
-
-    if dataset is not None:
-        ds = registry.get("dataset", dataset).factory(
-            registry.get("dataset", dataset).params.model_validate({})
-        )
-        ds.test = real
-    else:
-        # Parzen chooses sigma on a validation split: hold out a random 10% of the real rows
-        # (random, not the first rows: sample files are often sorted).
-        n_val = max(1, len(real) // 10)
-        perm = torch.from_numpy(np.random.default_rng(0).permutation(len(real)))
-        ds = Dataset(
-            name=real_path.stem,
-            train=real,
-            val=real[perm[:n_val]],
-            test=real[perm[n_val:]],
-            value_range=value_range,
-            is_image=real.ndim == 4,
-        )
-    ctx = ScoreContext(dataset=ds, fake=fake, device=torch.device(device))
-    lo, hi = value_range
-    for what, x in (("real", real), ("fake", fake)):
-        if dataset is None and (x.min() < lo or x.max() > hi):
-            ctx.notes.append(
-                f"{what} values span [{x.min():.3g}, {x.max():.3g}], outside --range "
-                f"{lo:g},{hi:g}; Parzen maps --range to [0, 1], so give the data's range "
-                "(e.g. --range -1,1)"
-            )
-    values: dict[str, float] = {}
+    ds = _score_dataset(real, real_path.stem, base, value_range or (0.0, 1.0))
+    lo, hi = ds.value_range
+    where = (
+        f"--range {lo:g},{hi:g}" if base is None else f"the value range {lo:g},{hi:g} of {dataset}"
+    )
+    _check_magnitude(real, ds, "real", real_path, where)
+    _check_magnitude(fake, ds, "fake", fake_path, where)
     for name in metrics:
-        comp = registry.get("metric", name)
-        try:
-            p = comp.validate_params(per_metric[name])
-        except ValidationError as e:
-            lines = format_validation_errors(e, comp.params, prefix=name)
-            raise UserError("bad --param: " + "; ".join(lines)) from None
-        ctx.metric = name
-        values.update(comp.factory(p).compute(ctx))
+        need = _NEEDS.get(name)
+        if need is not None and not need[0](ds):
+            has = (
+                f"dataset {dataset!r} has none"
+                if dataset is not None
+                else "sample files do not carry them"
+            )
+            raise UserError(
+                f"-m {name} needs {need[1]}; {has}: pass the dataset the samples come from "
+                f"with --dataset {need[2]}"
+            )
+
+    ctx = ScoreContext(dataset=ds, fake=fake, device=torch.device(device), notes=notes)
+    values: dict[str, float] = {}
+    reported_by: dict[str, str] = {}
+    range_users: list[str] = []
+    scale = "--range" if base is None else "the samples' scale"
+    for name in metrics:
+        p = validated[name]
+        ctx.metric, ctx.drawn, ds.mapped = name, [], False
+        result = dict(comps[name].factory(p).compute(ctx))
+        _rows_used(result, ctx.drawn)
+        clash = sorted(result.keys() & values.keys())
+        if clash:
+            raise UserError(
+                f"metrics {reported_by[clash[0]]} and {name} both report "
+                f"{', '.join(clash)}; score them in separate calls"
+            )
+        values.update(result)
+        reported_by.update(dict.fromkeys(result, name))
+        if ds.mapped:
+            range_users.append(name)
         grid = getattr(p, "sigmas", None)
-        if "parzen_sigma" in values and grid and getattr(p, "sigma", None) is None:
-            if values["parzen_sigma"] in (min(grid), max(grid)):
-                ctx.notes.append(
-                    f"{name}: the chosen sigma {values['parzen_sigma']:.3g} is at the edge of "
+        if "parzen_sigma" in result and grid and getattr(p, "sigma", None) is None:
+            if result["parzen_sigma"] in (min(grid), max(grid)):
+                notes.append(
+                    f"{name}: the chosen sigma {result['parzen_sigma']:.3g} is at the edge of "
                     f"the grid [{min(grid):.3g}, {max(grid):.3g}]; the best sigma may lie "
-                    f"outside it (check --range, or --param {name}.sigmas=[...])"
+                    f"outside it (check {scale}, or --param {name}.sigmas=[...])"
                 )
-    return values, ctx.notes
+    if range_users and (base is None or ds.is_image):
+        notes += _range_notes(ds, {"real": real, "fake": fake}, range_users, where)
+    return values, notes

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
 
 import numpy as np
 import pytest
 import scipy.stats as st
+import torch
 from scipy.special import logsumexp
 from typer.testing import CliRunner
 
 from gan_pipe.cli import app
+from gan_pipe.errors import UserError
 
 runner = CliRunner()
 
@@ -136,3 +140,291 @@ def test_notes_warn_about_range_and_sigma_at_grid_edge(tmp_path):
     assert "outside --range" not in res.output
     assert "sigma 0.1 is at the edge of the grid" in res.output
     assert res.output.count("parzen asked for 10000 generated samples") == 1
+
+
+# ------------------------------------------------------------------ reading the files
+def _run(*args):
+    """``gan-pipe score ARGS`` with any RuntimeWarning turned into an error (exit 1)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        return runner.invoke(app, ["score", *args])
+
+
+def _rejected(res, *expected):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "recipe" not in res.output, res.output
+    for text in expected:
+        assert text in res.output, (text, res.output)
+
+
+def test_nonfinite_rows_are_rejected_in_either_file(tmp_path):
+    ok, bad_real, bad_fake = (str(tmp_path / n) for n in ("ok.npy", "r.npy", "f.npy"))
+    x = np.random.default_rng(0).random((200, 3))
+    np.save(ok, x)
+    y = x.copy()
+    y[7, 1] = np.nan
+    np.save(bad_real, y)
+    y[[3, 50], 0] = [np.inf, -np.inf]
+    np.save(bad_fake, y)
+    _rejected(_run("--real", bad_real, "--fake", ok), "--real", "r.npy has 1 row", "row 7", "NaN")
+    for metric in ("parzen", "divergences"):  # divergences would drop them: not here
+        res = _run("--real", ok, "--fake", bad_fake, "-m", metric)
+        _rejected(res, "--fake", "f.npy has 3 rows (of 200; the first is row 3)", "drop them")
+
+
+def test_values_beyond_float32_are_rejected_without_warnings(tmp_path):
+    ok, over, huge = (str(tmp_path / n) for n in ("ok.npy", "over.npy", "huge.npy"))
+    x = np.random.default_rng(0).random((200, 3))
+    np.save(ok, x)
+    y = x.copy()
+    y[4, 2] = 1e300  # finite in float64, inf in float32
+    np.save(over, y)
+    np.save(huge, x * 1e30)  # finite in float32, but its squared distances are not
+    _rejected(_run("--real", ok, "--fake", over), "over.npy has 1 row", "float32's range", "1e+300")
+    _rejected(_run("--real", over, "--fake", ok), "--real", "float32's range")
+    _rejected(_run("--real", huge, "--fake", ok), "--real", "up to 1e+30", "--range LO,HI")
+    # in their own range they are fine
+    res = _run("--real", huge, "--fake", huge, "--range", "0,1e30", "--json")
+    assert res.exit_code == 0, res.output
+    assert np.isfinite(json.loads(res.stdout)["parzen_ll"])
+
+
+def test_files_that_are_not_numeric_arrays(tmp_path):
+    ok = str(tmp_path / "ok.npy")
+    np.save(ok, np.zeros((10, 2)))
+    np.save(tmp_path / "complex.npy", np.zeros((10, 2)) + 1j)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, 2], dtype=object), allow_pickle=True)
+    (tmp_path / "text.npy").write_text("0.1 0.2\n0.3 0.4\n")
+    with open(tmp_path / "pickled.npy", "wb") as f:
+        pickle.dump(np.zeros((10, 2)), f)
+    np.save(tmp_path / "empty.npy", np.zeros((10, 0)))
+    cases = {
+        "complex.npy": "holds complex values",
+        "objects.npy": "holds Python objects",
+        "text.npy": "is not a .npy/.npz array file (no numpy header",
+        "pickled.npy": "is not a .npy/.npz array file (no numpy header",
+        "empty.npy": "at least 2 samples as rows of at least one value",
+    }
+    for name, expected in cases.items():
+        path = str(tmp_path / name)
+        _rejected(_run("--real", ok, "--fake", path), f"--fake: {path}", expected)
+        assert "pickled (object) data" not in _run("--real", path, "--fake", ok).output
+
+
+# ------------------------------------------------------------------ options
+def test_bad_ranges_and_params_say_what_is_wrong(tmp_path):
+    a = str(tmp_path / "a.npy")
+    np.save(a, np.random.default_rng(0).random((50, 2)))
+    files = ["--real", a, "--fake", a]
+    for value in ("1,0", "0,0", "-1,inf", "nan,1", "0,nan"):
+        _rejected(_run(*files, "--range", value), f"--range {value!r}")
+    _rejected(_run(*files, "--range", "1,0"), "LO must be below HI, e.g. 0,1")
+    _rejected(_run(*files, "--range", "-1,inf"), "finite")
+    cases = [
+        (["-p", "parzen.sigma"], "--param 'parzen.sigma': expected METRIC.KEY=VALUE"),
+        (["-p", "parzen=1"], "expected METRIC.KEY=VALUE"),
+        (["-p", "parzen.sigmas=[0.1"], "the value is not valid TOML"),
+        (["-m", "modes", "-p", "divergences.bins=3"], "divergences was not selected with -m"),
+        (["-p", "parzn.sigma=1"], "did you mean 'parzen'"),
+    ]
+    for args, expected in cases:
+        res = _run(*files, *args)
+        _rejected(res, expected)
+        assert "MLflow" not in res.output and "--set" not in res.output
+
+
+def test_a_metric_named_twice_runs_once(tmp_path, monkeypatch):
+    from gan_pipe.plugins.metrics import parzen
+
+    calls = []
+    compute = parzen.ParzenMetric.compute
+    monkeypatch.setattr(
+        parzen.ParzenMetric, "compute", lambda self, ctx: calls.append(1) or compute(self, ctx)
+    )
+    a = str(tmp_path / "a.npy")
+    np.save(a, np.random.default_rng(0).random((50, 2)))
+    out = _score("--real", a, "--fake", a, "-m", "parzen", "-m", "parzen", "-m", "parzen")
+    assert len(calls) == 1 and "parzen_ll" in out
+
+
+def test_two_metrics_reporting_one_key_is_an_error(tmp_path):
+    from gan_pipe.manager import load_plugins
+    from gan_pipe.registry import Component
+    from gan_pipe.scoring import score
+
+    class Constant:
+        def __init__(self, params):
+            pass
+
+        def compute(self, ctx):
+            return {"shared": 1.0}
+
+    reg = load_plugins(entry_points=False).registry
+    for name in ("one", "two"):
+        reg.add(Component(kind="metric", name=name, factory=Constant, plugin="test"))
+    np.save(tmp_path / "a.npy", np.zeros((10, 2)))
+    a = tmp_path / "a.npy"
+    with pytest.raises(UserError, match="metrics one and two both report shared"):
+        score(reg, a, a, ["one", "two"])
+    assert score(reg, a, a, ["one", "one"])[0] == {"shared": 1.0}
+
+
+# ------------------------------------------------------------------ --dataset
+def _dataset(name, **params):
+    from gan_pipe.manager import load_plugins
+
+    comp = load_plugins(entry_points=False).registry.get("dataset", name)
+    return comp.factory(comp.params(**params))
+
+
+def _split(n):
+    """(validation, test) row indices of a real file of n rows, as score splits it."""
+    perm = np.random.default_rng(0).permutation(n)
+    return perm[: max(1, n // 10)], perm[max(1, n // 10) :]
+
+
+def test_dataset_never_replaces_the_real_rows(tmp_path):
+    # gaussian-1d is N(4, 0.5) and has a sampler; the files are N(0, 1). Every real row the
+    # metrics see must be the file's: W1 and Parzen's splits say which rows were used.
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(0, 1, 1000), rng.normal(0, 1, 400)
+    np.save(tmp_path / "r.npy", real)
+    np.save(tmp_path / "f.npy", fake)
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy")]
+    out = _score(*files, "--dataset", "gaussian-1d", "-m", "divergences", "-m", "parzen")
+    _, test = _split(1000)
+    assert out["w1"] == pytest.approx(st.wasserstein_distance(real[test], fake), rel=1e-6)
+    assert out["parzen_n_val"] == 100 and out["parzen_n_test"] == 900
+    assert "kl_kde" in out  # the dataset's density is still used
+
+
+def test_range_with_dataset_is_rejected_unless_it_is_the_datasets(tmp_path):
+    x = _dataset("ring8", n_train=10, n_val=0).test[:300].numpy()
+    np.save(tmp_path / "r.npy", x)
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "r.npy")]
+    _rejected(
+        _run(*files, "--dataset", "ring8", "-m", "modes", "--range", "-1,1"),
+        "--range cannot be combined with --dataset ring8",
+        "-1.04,1.04",
+    )
+    res = _run(*files, "--dataset", "ring8", "-m", "modes", "--range", "-1.04,1.04")
+    assert res.exit_code == 0, res.output
+
+
+def test_the_registered_dataset_object_is_not_changed(tmp_path):
+    from gan_pipe.manager import load_plugins
+    from gan_pipe.registry import Component
+    from gan_pipe.scoring import score
+
+    ds = _dataset("gaussian-1d", n_train=500, n_val=100, n_test=100)
+    before = {"test": ds.test.clone(), "val": ds.val.clone(), "info": dict(ds.info)}
+    sample = ds.sample
+    reg = load_plugins(entry_points=False).registry
+    reg.add(Component(kind="dataset", name="shared", factory=lambda p: ds, plugin="test"))
+    np.save(tmp_path / "r.npy", np.random.default_rng(0).normal(4, 0.5, 300))
+    r = tmp_path / "r.npy"
+    values, _ = score(reg, r, r, ["divergences", "modes"], dataset="shared")
+    assert values["modes"] == 1
+    assert torch.equal(ds.test, before["test"]) and torch.equal(ds.val, before["val"])
+    assert ds.info == before["info"] and ds.sample is sample
+
+
+def test_rows_must_have_the_datasets_shape(tmp_path):
+    one, two = str(tmp_path / "one.npy"), str(tmp_path / "two.npy")
+    np.save(one, np.random.default_rng(0).normal(size=300))
+    np.save(two, np.random.default_rng(0).normal(size=(300, 2)))
+    cases = [
+        (two, "gaussian-1d", "rows of shape (2,) (2 values), but dataset 'gaussian-1d' has"),
+        (one, "ring8", "rows of shape (1,) (1 value), but dataset 'ring8' has samples"),
+        (one, "digits", "of shape (1, 28, 28) (784 values)"),
+    ]
+    for path, name, expected in cases:
+        _rejected(_run("--real", path, "--fake", path, "-m", "fid", "--dataset", name), expected)
+
+
+def test_modes_and_fid_say_to_pass_a_dataset(tmp_path):
+    a = str(tmp_path / "a.npy")
+    np.save(a, np.random.default_rng(0).random((300, 2)))
+    files = ["--real", a, "--fake", a]
+    _rejected(_run(*files, "-m", "parzen", "-m", "modes"), "--dataset ring8|grid25|gaussian-1d")
+    _rejected(_run(*files, "-m", "fid"), "-m fid needs labelled", "--dataset digits")
+    _rejected(_run(*files, "-m", "fid", "--dataset", "ring8"), "dataset 'ring8' has none")
+
+
+def test_fid_with_digits_scores_any_number_of_real_rows(tmp_path):
+    # The real file has all 1,297 training digits (not the 300 of the test split the labels
+    # belong to) and the fake file flat rows of 784 values; the classifier's accuracy is its
+    # accuracy on the digits' own labelled test split.
+    from gan_pipe.plugins.metrics import frechet
+
+    ds = _dataset("digits")
+    np.save(tmp_path / "r.npy", ds.train.numpy())
+    np.save(tmp_path / "f.npy", ds.val.numpy().reshape(len(ds.val), -1))
+    args = ["-m", "fid", "--dataset", "digits", "-p", "fid.epochs=1", "-p", "fid.n_samples=200"]
+    args += ["-p", "fid.kid_subsets=5", "-p", f"fid.cache_dir={tmp_path}"]
+    res = _run("--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy"), *args)
+    assert res.exit_code == 0, res.output
+    assert "reshaped to the sample shape (1, 28, 28) of dataset digits" in res.output
+    out = dict(line.split() for line in res.stdout.splitlines())
+    assert float(out["fid_n_samples"]) == 200 and float(out["fid_n_ref"]) == 200
+    p = frechet.FrechetParams(epochs=1, n_samples=200, kid_subsets=5, cache_dir=str(tmp_path))
+    model, cached, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
+    assert cached  # the classifier score trained: same data, same settings
+    acc = frechet.classifier_accuracy(model, ds.to_unit(ds.test), ds.test_labels, "cpu")
+    assert float(out["fid_classifier_acc"]) == pytest.approx(acc, abs=5e-6)
+
+
+# ------------------------------------------------------------------ output
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_json_has_null_for_nonfinite_values(tmp_path):
+    # a constant real file has std 0: divergences' std_ratio is inf
+    np.save(tmp_path / "r.npy", np.zeros(100))
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).normal(size=100))
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy")]
+    res = runner.invoke(app, ["score", *files, "-m", "divergences", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert out["std_ratio"] is None and out["w1"] > 0
+
+
+def test_plain_output_is_rounded_and_json_is_not(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "r.npy", rng.normal(0, 1, 300))
+    np.save(tmp_path / "f.npy", rng.normal(0.1, 1.3, 300))
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy")]
+    plain = runner.invoke(app, ["score", *files, "-m", "divergences"]).stdout.splitlines()
+    full = _score(*files, "-m", "divergences")
+    assert [line.split()[0] for line in plain] == list(full)
+    for line in plain:
+        key, text = line.split()
+        assert text == f"{full[key]:.6g}"
+    assert any(len(repr(v)) > 10 for v in full.values())  # something was rounded
+
+
+def test_range_note_only_for_metrics_that_use_the_range(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "r.npy", rng.normal(4, 0.5, (300, 1)))
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "r.npy")]
+    res = runner.invoke(app, ["score", *files, "-m", "divergences"])
+    assert res.exit_code == 0 and "outside --range" not in res.output
+    res = runner.invoke(app, ["score", *files, "-m", "divergences", "-m", "parzen"])
+    assert "real values span" in res.output and "outside --range 0,1; parzen maps" in res.output
+
+
+def test_modes_reports_the_samples_it_had(tmp_path):
+    ds = _dataset("ring8", n_train=10, n_val=0, n_test=1000)
+    np.save(tmp_path / "r.npy", ds.test.numpy())
+    np.save(tmp_path / "f.npy", ds.test[:300].numpy())
+    files = ["--real", str(tmp_path / "r.npy"), "--fake", str(tmp_path / "f.npy")]
+    out = _score(*files, "-m", "modes", "--dataset", "ring8")
+    assert out["modes_n_samples"] == 300 and out["modes"] == 8
+
+
+def test_help_lists_metrics_and_where_params_are():
+    res = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    assert "Metrics (-m): divergences, fid, modes, parzen" in text
+    assert "gan-pipe plugins --params" in text
+    assert "It never replaces --real" in text and "gaussian-1d, grid25" in text
+    assert runner.invoke(app, ["plugins", "--params"]).exit_code == 0  # the flag it names

@@ -6,8 +6,10 @@ dataset's own labels, whose penultimate layer (``feature_dim`` units) gives the 
 The classifier is trained with Adam for a few epochs and cached on disk, keyed by a hash of
 the dataset (name, sample shape, number of rows, checksums of the training tensor and its
 labels) and of the classifier settings, so every later evaluation on the same data loads it.
-Its accuracy on the test split is reported (``fid_classifier_acc``): features of a classifier
-that cannot tell the classes apart are not worth a distance.
+Its accuracy on the dataset's labelled test split is reported (``fid_classifier_acc``):
+features of a classifier that cannot tell the classes apart are not worth a distance. Where
+the test split has no labels (``gan-pipe score``: it is the user's real rows) the labelled split
+is read from ``info["labelled_test"]``; with neither, the accuracy is left out.
 
 * **FID** (Heusel et al. 2017): ``||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` between
   Gaussians fitted to the two feature sets (float64, ``scipy.linalg.sqrtm``, as pytorch-fid).
@@ -381,6 +383,20 @@ def load_or_train_classifier(
     return model.eval(), False, path
 
 
+def labelled_test_split(dataset: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rows and labels to measure the classifier's accuracy on: the test split with its labels,
+    else ``info["labelled_test"]`` (where ``gan-pipe score`` keeps the dataset's own labelled
+    test split: its test split is the user's unlabelled real rows), else None."""
+    if dataset.test is not None and dataset.test_labels is not None:
+        if len(dataset.test) != len(dataset.test_labels):
+            raise ValueError(
+                f"fid: dataset {dataset.name!r} has {len(dataset.test)} test rows but "
+                f"{len(dataset.test_labels)} test labels"
+            )
+        return dataset.test, dataset.test_labels
+    return (dataset.info or {}).get("labelled_test")
+
+
 # ------------------------------------------------------------------ the metric
 class FrechetParams(BaseModel):
     """Frechet distance and KID in the features of a classifier trained on the dataset."""
@@ -442,10 +458,12 @@ class FrechetMetric:
         device = torch.device(ctx.device)
 
         model, cached, path = load_or_train_classifier(ds, p, device)
-        acc = math.nan
-        if ds.test_labels is not None:
-            acc = classifier_accuracy(
-                model, ds.to_unit(ds.test), ds.test_labels.long(), device, p.feature_batch_size
+        labelled = labelled_test_split(ds)
+        acc = {}
+        if labelled is not None:
+            x, y = labelled
+            acc["fid_classifier_acc"] = classifier_accuracy(
+                model, ds.to_unit(x), y.long(), device, p.feature_batch_size
             )
 
         n = min(p.n_samples, int(ds.train.shape[0]))
@@ -476,7 +494,7 @@ class FrechetMetric:
             "kid_floor": kid_floor,
             "fid_n_samples": float(f_fake.shape[0]),
             "fid_n_ref": float(f_ref.shape[0]),
-            "fid_classifier_acc": acc,
+            **acc,
             "fid_classifier_cached": 1.0 if cached else 0.0,
         }
         tracker = getattr(ctx, "tracker", None)

@@ -331,6 +331,34 @@ def test_unreadable_cache_file_is_retrained(tmp_path, count_training):
     assert FrechetMetric(p).compute(ctx)["fid_classifier_cached"] == 1.0
 
 
+def test_accuracy_is_measured_on_labelled_rows_or_left_out(tmp_path):
+    # gan-pipe score's test split is the user's unlabelled real rows (any number of them): the
+    # accuracy must not pair them with the dataset's labels, and must not be NaN.
+    ds = blobs_dataset()
+    p = small_params(tmp_path)
+    with_labels = FrechetMetric(p).compute(fake_ctx(ds, lambda n: ds.test[:n]))
+    model, cached, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
+    assert cached
+    own = frechet.classifier_accuracy(model, ds.to_unit(ds.test), ds.test_labels, "cpu")
+    assert with_labels["fid_classifier_acc"] == own
+
+    unlabelled = blobs_dataset()
+    unlabelled.test, unlabelled.test_labels = unlabelled.train[:30], None  # 30 rows, not 40
+    out = FrechetMetric(p).compute(fake_ctx(unlabelled, lambda n: ds.test[:n]))
+    assert "fid_classifier_acc" not in out and "fid" in out
+
+    unlabelled.info = {"labelled_test": (ds.test, ds.test_labels)}
+    out = FrechetMetric(p).compute(fake_ctx(unlabelled, lambda n: ds.test[:n]))
+    assert out["fid_classifier_acc"] == own
+
+
+def test_test_labels_of_another_length_are_an_error(tmp_path):
+    ds = blobs_dataset()
+    ds.test = ds.test[:10]
+    with pytest.raises(ValueError, match="10 test rows but 40 test labels"):
+        FrechetMetric(small_params(tmp_path)).compute(fake_ctx(ds, lambda n: ds.train[:n]))
+
+
 def test_missing_labels_or_test_split_is_a_user_error(tmp_path):
     ds = blobs_dataset()
     ds.train_labels = None
