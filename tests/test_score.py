@@ -428,3 +428,31 @@ def test_help_lists_metrics_and_where_params_are():
     assert "gan-pipe plugins --params" in text
     assert "It never replaces --real" in text and "gaussian-1d, grid25" in text
     assert runner.invoke(app, ["plugins", "--params"]).exit_code == 0  # the flag it names
+
+
+def test_constant_real_data_is_scored_without_warnings(tmp_path):
+    import warnings
+
+    np.save(tmp_path / "real.npy", np.full(500, 3.0))
+    np.save(tmp_path / "fake.npy", np.random.default_rng(0).normal(3.0, 0.1, 500))
+    np.save(tmp_path / "same.npy", np.full(400, 3.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        spread = _score(
+            "--real",
+            str(tmp_path / "real.npy"),
+            "--fake",
+            str(tmp_path / "fake.npy"),
+            "-m",
+            "divergences",
+        )
+        same = _score(
+            "--real",
+            str(tmp_path / "real.npy"),
+            "--fake",
+            str(tmp_path / "same.npy"),
+            "-m",
+            "divergences",
+        )
+    assert spread["std_ratio"] is None  # infinite: null in JSON, never NaN
+    assert same["std_ratio"] == 1.0 and same["w1"] == 0.0 and same["tv"] == 0.0

@@ -629,7 +629,9 @@ class DivergenceMetric:
         if d == 1:
             out["w1"] = w1_1d(real, gen)
             out["ks"] = ks_1d(real, gen)
-            out["std_ratio"] = float(gen.std() / real.std())
+            g_std, r_std = float(gen.std()), float(real.std())
+            # constant data: any spread of G is infinitely wider; none at all matches it
+            out["std_ratio"] = g_std / r_std if r_std > 0 else (math.inf if g_std > 0 else 1.0)
             out["mean_gen"] = float(gen.mean())
         else:
             out["sw1"] = sliced_wasserstein(real, gen, p.n_projections, 1, p.seed)
