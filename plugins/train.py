@@ -116,7 +116,10 @@ class Trainer:
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp)
         self.sample_every = self.cfg.sample_every or max(1, self.steps // 10)
         gen = torch.Generator(device=self.device).manual_seed(ctx.recipe.experiment.seed + 12345)
-        self.fixed_noise = self.noise(64, generator=gen)
+        # image data: an 8x8 grid; vector data: enough points for a scatter or histogram
+        n_fixed = 64 if ctx.dataset.is_image else 1000
+        self.fixed_noise = self.noise(n_fixed, generator=gen)
+        self._fixed_real: torch.Tensor | None = None
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_counts: dict[str, int] = {}
         self._saved_step = -1
@@ -265,19 +268,38 @@ class Trainer:
                 self._acc_counts[k] = 1
 
     def _log_samples(self, step: int) -> None:
-        """A grid of samples at fixed noise: the MLflow UI's per-step image slider."""
+        """Samples at fixed noise, the MLflow UI's per-step image slider ``samples``: an image
+        grid for image data, real vs generated scatter (2-D+) or histograms (1-D) otherwise,
+        so mode collapse can be watched as it happens."""
         ds = self.ctx.dataset
-        if ds is None or not ds.is_image:
+        if ds is None:
             return
-        from gan_pipe.plugins.reports.grid import image_grid, samples_to_images
+        from gan_pipe.plugins.reports import grid as G
 
         was = self.G.training
         self.G.eval()
         with torch.no_grad():
             x = self.G(self.fixed_noise).float().cpu()
         self.G.train(was)
-        grid = image_grid(samples_to_images(x, ds.shape), nrow=8, value_range=ds.value_range)
-        self.ctx.tracker.log_image(grid, key="samples", step=step)
+        if ds.is_image:
+            picture = G.image_grid(
+                G.samples_to_images(x, ds.shape), nrow=8, value_range=ds.value_range
+            )
+        else:
+            x = x.reshape(len(x), -1)
+            if self._fixed_real is None:  # the same real points in every frame
+                g = torch.Generator().manual_seed(self.ctx.recipe.experiment.seed)
+                idx = torch.randperm(len(ds.train), generator=g)[: len(x)]
+                self._fixed_real = ds.train[idx.to(ds.train.device)].float().cpu()
+            real = self._fixed_real.reshape(-1, x.shape[1])
+            if x.shape[1] == 1:
+                lo, hi = float(real.min()), float(real.max())
+                pad = 0.5 * (hi - lo) if hi > lo else 1.0  # fixed axes: frames compare
+                fig = G.histogram_plot(real, x, range=(lo - pad, hi + pad), title=f"step {step}")
+            else:
+                fig = G.scatter_plot(real, x, title=f"step {step}")
+            picture = G.figure_pixels(fig)
+        self.ctx.tracker.log_image(picture, key="samples", step=step)
 
     def _evaluate(self, step: int) -> None:
         from gan_pipe.evaluation import evaluate

@@ -185,3 +185,12 @@ def histogram_plot(
     if title:
         ax.set_title(title)
     return fig
+
+
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """The figure rendered to an (H, W, 3) uint8 picture (for MLflow image series)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -99,7 +99,7 @@ def test_regularizer_terms_are_added(monkeypatch):
     assert Trainer._add_terms(fake, torch.tensor(1.0), {}, "discriminator_term", x).item() == 1.0
 
 
-def _tiny_trainer(n_critic=1):
+def _tiny_trainer(n_critic=1, dim=2):
     from gan_pipe.context import Dataset, RunContext
     from gan_pipe.plugins.losses.bce import NonSaturatingLoss
     from gan_pipe.plugins.train import Trainer
@@ -119,10 +119,10 @@ def _tiny_trainer(n_critic=1):
     ctx = RunContext(
         recipe=recipe, plugins=None, tracker=MemoryTracker(), device=torch.device("cpu")
     )
-    ctx.dataset = Dataset("x", train=torch.randn(32, 2))
-    ctx.generator = torch.nn.Linear(3, 2)
+    ctx.dataset = Dataset("x", train=torch.randn(32, dim))
+    ctx.generator = torch.nn.Linear(3, dim)
     ctx.discriminator = torch.nn.Sequential(
-        torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
+        torch.nn.Linear(dim, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
     )
     ctx.loss = NonSaturatingLoss()
     ctx.noise = lambda n, generator=None: torch.randn(n, 3, generator=generator)
@@ -173,3 +173,25 @@ def test_log_lines_off_a_terminal_show_fresh_values(capsys):
     # One line per logging step past each 10% mark (log_every 50 > 10% of 300 = 30).
     assert [ln.split()[3] for ln in lines] == [f"{s}/300" for s in (50, 100, 150, 200, 250, 300)]
     assert all(ln.endswith(f"d_loss {s}") for ln, s in zip(lines, range(50, 301, 50), strict=True))
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_vector_data_get_a_sample_picture_per_step(dim):
+    """Scatter (2-D) or histograms (1-D) of fixed noise under the image key ``samples``: the
+    MLflow image slider shows mode collapse as it happens, as it shows grids for images."""
+    import numpy as np
+
+    t = _tiny_trainer(dim=dim)
+    got = []
+    t.ctx.tracker.log_image = lambda image, key, step: got.append((image, key, step))
+    t._log_samples(3)
+    t._log_samples(3)
+    with torch.no_grad():
+        t.G.bias.add_(3.0)  # another generator: another picture
+    t._log_samples(4)
+    (a, key, step), (again, _, _), (b, _, step_b) = got
+    assert key == "samples" and (step, step_b) == (3, 4)
+    assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3
+    assert np.array_equal(a, again)  # fixed noise and fixed real points: frames compare
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    assert (a < 200).any() and (a > 250).any()  # something drawn on a white background
