@@ -551,7 +551,13 @@ class DivergenceParams(BaseModel):
     n_assign: int = Field(1000, ge=0, description="2-D exact-W1 subsample size (0: skip)")
     kde: bool = Field(True, description="KDE KL against dataset.log_density when known")
     n_kde: int = Field(5000, ge=2, description="generated samples in the KDE")
-    bandwidth: float | None = Field(None, gt=0, description="KDE bandwidth; default LOO-CV")
+    bandwidth: float | None = Field(
+        None,
+        gt=0,
+        description="KDE bandwidth (logged as kde_bandwidth); default: leave-one-out CV on G's "
+        "samples at each evaluation, which follows G's scale; set it to keep one kernel across "
+        "evaluations and runs",
+    )
     seed: int = Field(
         0,
         description="seed of the real samples (when the dataset has a sampler), the sliced-W "
