@@ -35,7 +35,7 @@ Keys of the ``divergences`` metric (logged as ``eval/<key>``; which appear depen
   ``w1_assign`` (2-D); ``nonfinite_gen`` (fraction of generated rows dropped as NaN / inf).
 * Settings and counts, prefixed ``div_`` so they collide with no other metric:
   ``div_n_samples`` (generated samples used), ``div_n_real`` (real samples used),
-  ``div_bins``, ``div_smoothing`` (the pseudo-count), ``div_range_lo`` / ``div_range_hi``
+  ``div_bins``, ``div_pseudo_count``, ``div_range_lo`` / ``div_range_hi``
   (``_0``, ``_1`` per axis in 2-D), ``div_outside_real`` / ``div_outside_gen`` (fraction
   outside the range), ``div_gauss_ridge``, ``div_n_projections``, ``div_n_assign``.
 
@@ -51,7 +51,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gan_pipe import hookimpl
 
@@ -275,7 +275,7 @@ def count_divergences(
     only one sample reaches adds about (c / n) log(c / a) instead of infinity. Two samples of
     the same distribution give KL about (K - 1) / n each way. ``kl_pq_inf`` / ``kl_qp_inf``
     say whether the *unsmoothed* plug-in KL is infinite (a cell with counts on one side
-    only); JS and TV are the unsmoothed plug-in values (always finite); ``smoothing`` is a.
+    only); JS and TV are the unsmoothed plug-in values (always finite); ``pseudo_count`` is a.
     """
     cp, cq = _np(count_p).ravel(), _np(count_q).ravel()
     if cp.shape != cq.shape or cp.sum() <= 0 or cq.sum() <= 0 or (cp < 0).any() or (cq < 0).any():
@@ -288,7 +288,8 @@ def count_divergences(
         (cp + pseudo_count) / (cp.sum() + pseudo_count * k),
         (cq + pseudo_count) / (cq.sum() + pseudo_count * k),
     )
-    return {**plain, "kl_pq": kt["kl_pq"], "kl_qp": kt["kl_qp"], "smoothing": float(pseudo_count)}
+    kl = {"kl_pq": kt["kl_pq"], "kl_qp": kt["kl_qp"], "pseudo_count": float(pseudo_count)}
+    return {**plain, **kl}
 
 
 def histogram_divergences(
@@ -302,8 +303,7 @@ def histogram_divergences(
     """Histogram KL(p||q), KL(q||p), JS, TV (see :func:`count_divergences`) on fixed bins.
 
     Returns also ``bins`` (per axis), ``range_lo``/``range_hi`` (suffixed ``_<axis>`` in 2-D),
-    ``outside_p``/``outside_q`` (fraction of each sample outside the range), ``smoothing``
-    (the pseudo-count).
+    ``outside_p``/``outside_q`` (fraction of each sample outside the range), ``pseudo_count``.
     """
     cp, cq, ranges = histogram_counts(p_samples, q_samples, bins, range, margin)
     out = count_divergences(cp, cq, pseudo_count)
@@ -317,10 +317,11 @@ def histogram_divergences(
 
 
 # ---------------------------------------------------------------- Gaussian fits (d <= 3)
-#: Ridge added to both fitted covariances, as a fraction of the larger mean per-axis variance.
+#: Ridge added to each fitted covariance's diagonal, as a fraction of that fit's own variance
+#: on the axis (of the other fit's where it is 0; 1.0 where both are 0).
 GAUSS_RIDGE = 1e-9
-#: A fitted covariance whose smallest eigenvalue is at most this fraction of that scale is
-#: singular (a collapsed G, data on a line): the Gaussian KL is then infinite or undefined.
+#: A fit whose correlation matrix has its smallest eigenvalue at most this (or a zero variance)
+#: is singular (a collapsed G, data on a line): the Gaussian KL is then infinite or undefined.
 GAUSS_SINGULAR = 1e-12
 
 
@@ -345,13 +346,14 @@ def gaussian_fit_divergences(
     Exact (up to sampling error) when both distributions are Gaussian: it reaches values a
     histogram or KDE of samples cannot, such as KL(N(4, .5) || N(4, .05)) = 47.2, which lives
     in q's far tails. Otherwise it is a moment-matched summary (it sees only means and
-    covariances: two different distributions with equal moments give 0). ``ridge`` times the
-    larger mean per-axis variance (1.0 if both are 0) is added to both covariances' diagonals,
-    always (returned as ``ridge``, in data units squared; negligible unless a covariance is
-    nearly singular). A singular fit (smallest eigenvalue <= :data:`GAUSS_SINGULAR` of that
-    scale: a collapsed G, data on a line, fewer than d + 1 samples) makes the Gaussian KL
-    infinite (or undefined): ``kl_pq_inf`` = ``kl_qp_inf`` = 1 and the values returned are
-    the ridge-regularised ones, dominated by the ridge: read the flag, not the number.
+    covariances: two different distributions with equal moments give 0). Each fit gets
+    ``ridge`` times its own variance added on each axis (the other fit's variance on an axis
+    where its own is 0, 1.0 where both are), always: a relative change of ``ridge`` (returned
+    as ``ridge``), negligible at any scale and for any pair of scales. A singular fit (a zero
+    variance, or a correlation matrix with smallest eigenvalue <= :data:`GAUSS_SINGULAR`: a
+    collapsed G, data on a line, fewer than d + 1 samples) makes the Gaussian KL infinite
+    (or undefined): ``kl_pq_inf`` = ``kl_qp_inf`` = 1 and the values returned are the
+    ridge-regularised ones, dominated by the ridge: read the flag, not the number.
     """
     import numpy as np
 
@@ -361,16 +363,25 @@ def gaussian_fit_divergences(
     if min(len(p), len(q)) < 2:
         raise ValueError("a covariance needs at least 2 samples on each side")
     covs = [np.atleast_2d(np.cov(x, rowvar=False)) for x in (p, q)]
-    scale = max(float(np.trace(c)) / len(c) for c in covs) or 1.0
-    singular = any(np.linalg.eigvalsh(c).min() <= GAUSS_SINGULAR * scale for c in covs)
-    eye = ridge * scale * np.eye(p.shape[1])
-    (mp, cp), (mq, cq) = ((x.mean(axis=0), c + eye) for x, c in zip((p, q), covs, strict=True))
+    var = np.stack([np.diag(c) for c in covs])  # (2, d)
+    base = np.where(var > 0, var, var[::-1])  # an axis without spread borrows the other's
+    base = np.where(base > 0, base, 1.0)
+
+    def is_singular(c: np.ndarray, v: np.ndarray) -> bool:
+        if np.any(v <= 0):
+            return True
+        s = 1.0 / np.sqrt(v)
+        return bool(np.linalg.eigvalsh(c * s[:, None] * s[None, :]).min() <= GAUSS_SINGULAR)
+
+    singular = any(is_singular(c, v) for c, v in zip(covs, var, strict=True))
+    cp, cq = (c + np.diag(ridge * b) for c, b in zip(covs, base, strict=True))
+    mp, mq = p.mean(axis=0), q.mean(axis=0)
     return {
         "kl_pq": gaussian_kl(mp, cp, mq, cq),
         "kl_qp": gaussian_kl(mq, cq, mp, cp),
         "kl_pq_inf": float(singular),
         "kl_qp_inf": float(singular),
-        "ridge": float(ridge * scale),
+        "ridge": float(ridge),
     }
 
 
@@ -541,12 +552,29 @@ class DivergenceParams(BaseModel):
         None, description="histogram (lo, hi), once or per axis; default real min/max + margin"
     )
     margin: float = Field(0.05, ge=0, description="default range padding, fraction of span")
-    smoothing: float = Field(
+    pseudo_count: float = Field(
         0.5,
         gt=0,
-        description="pseudo-count added to every histogram cell of both samples for KL "
+        description="added to every histogram cell's count, both samples, for KL "
         "(0.5: Jeffreys / Krichevsky-Trofimov)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_smoothing(cls, data: Any) -> Any:
+        """``smoothing`` (an additive probability, default 1e-10) was replaced by
+        ``pseudo_count``: runs logged before store the old default in their resolved recipe,
+        which re-evaluating them maps to the new default; any other value is an error."""
+        if isinstance(data, dict) and "smoothing" in data:
+            data = dict(data)
+            old = data.pop("smoothing")
+            if old != 1e-10:
+                raise ValueError(
+                    f"`smoothing` ({old}) was an additive probability and is gone: histogram KL "
+                    "now adds `pseudo_count` (default 0.5) to every cell's count; set that"
+                )
+        return data
+
     n_projections: int = Field(128, gt=0, description="sliced Wasserstein directions")
     n_assign: int = Field(1000, ge=0, description="2-D exact-W1 subsample size (0: skip)")
     kde: bool = Field(True, description="KDE KL against dataset.log_density when known")
@@ -611,7 +639,7 @@ class DivergenceMetric:
                     f"have {d} dimension(s); give one pair for all axes or one per axis"
                 )
             ranges = _ranges(p.range, real, p.margin)
-            h = histogram_divergences(real, gen, p.bins, ranges, p.smoothing)
+            h = histogram_divergences(real, gen, p.bins, ranges, p.pseudo_count)
             out.update(
                 kl=h.pop("kl_pq"),
                 kl_reverse=h.pop("kl_qp"),
@@ -622,7 +650,7 @@ class DivergenceMetric:
                 div_outside_real=h.pop("outside_p"),
                 div_outside_gen=h.pop("outside_q"),
             )
-            out.update({f"div_{k}": v for k, v in h.items()})  # bins, smoothing, range_lo/hi
+            out.update({f"div_{k}": v for k, v in h.items()})  # bins, pseudo_count, range_lo/hi
         if d <= 3 and min(len(real), len(gen)) >= 2:
             g = gaussian_fit_divergences(real, gen)
             out.update(

@@ -163,7 +163,7 @@ def test_count_divergences_match_scipy_on_kt_estimates() -> None:
         out = D.count_divergences(cp, cq, a)
         assert out["kl_pq"] == pytest.approx(stats.entropy(kt(cp, a), kt(cq, a)), rel=1e-12)
         assert out["kl_qp"] == pytest.approx(stats.entropy(kt(cq, a), kt(cp, a)), rel=1e-12)
-        assert out["kl_pq_inf"] == 1 == out["kl_qp_inf"] and out["smoothing"] == a
+        assert out["kl_pq_inf"] == 1 == out["kl_qp_inf"] and out["pseudo_count"] == a
         assert out["js"] == pytest.approx(jensenshannon(cp, cq) ** 2, rel=1e-10)
         assert out["tv"] == pytest.approx(0.5 * np.abs(cp / cp.sum() - cq / cq.sum()).sum())
     with pytest.raises(ValueError, match="pseudo_count"):
@@ -205,7 +205,7 @@ def test_disjoint_supports() -> None:
     assert out["tv"] == pytest.approx(1.0, abs=1e-12)
     assert out["kl_pq_inf"] == 1.0 and out["kl_qp_inf"] == 1.0
     assert all(math.isfinite(v) for v in out.values())
-    assert out["smoothing"] == 0.5
+    assert out["pseudo_count"] == 0.5
     edges = np.linspace(min(p.min(), q.min()), max(p.max(), q.max()), 101)
     cp = np.append(np.histogram(p, edges)[0], 0.0)
     cq = np.append(np.histogram(q, edges)[0], 0.0)
@@ -279,7 +279,7 @@ def test_gaussian_fit_kl_1d_closed_forms() -> None:
     out = D.gaussian_fit_divergences(quantiles(4, 0.5, n), quantiles(4, 0.05, n))
     assert out["kl_pq"] == pytest.approx(KL_WIDE_NARROW, abs=1e-3)
     assert out["kl_qp"] == pytest.approx(KL_NARROW_WIDE, abs=1e-4)
-    assert out["kl_pq_inf"] == 0 == out["kl_qp_inf"] and 0 < out["ridge"] < 1e-9
+    assert out["kl_pq_inf"] == 0 == out["kl_qp_inf"] and 0 < out["ridge"] <= 1e-9
     rng = np.random.default_rng(20)
     n = 1_000_000
     out = D.gaussian_fit_divergences(rng.normal(4, 0.5, n), rng.normal(4, 0.05, n))
@@ -327,6 +327,31 @@ def test_gaussian_fit_kl_singular_fit_is_flagged() -> None:
         out = D.gaussian_fit_divergences(p, q)
         assert out["kl_pq_inf"] == 1 == out["kl_qp_inf"]
         assert all(math.isfinite(v) for v in out.values()) and out["ridge"] > 0
+
+
+@pytest.mark.parametrize(
+    ("scale_p", "scale_q"),
+    [((1.0, 1.0), (1e6, 1e6)), ((1e4, 1e-3), (1e4, 1e-3)), ((1e4, 1e-3), (2e4, 3e-3))],
+)
+def test_gaussian_fit_kl_holds_at_any_pair_of_scales(scale_p, scale_q) -> None:
+    """A diverging G (stds 1e6 against 1) or badly scaled axes (1e4 and 1e-3) are neither
+    singular nor distorted by the ridge: the fit equals the textbook closed form on the
+    same sample moments, and the flags stay 0."""
+    rng = np.random.default_rng(24)
+    p = rng.normal(size=(20_000, 2)) * np.array(scale_p)
+    q = rng.normal(size=(20_000, 2)) * np.array(scale_q) + 1.0
+    out = D.gaussian_fit_divergences(p, q)
+    assert out["kl_pq_inf"] == 0 == out["kl_qp_inf"]
+
+    def closed(a, b):
+        ma, sa, mb, sb = a.mean(0), np.cov(a.T), b.mean(0), np.cov(b.T)
+        inv, dm = np.linalg.inv(sb), mb - ma
+        _, lb = np.linalg.slogdet(sb)
+        _, la = np.linalg.slogdet(sa)
+        return 0.5 * (np.trace(inv @ sa) + dm @ inv @ dm - 2 + lb - la)
+
+    assert out["kl_pq"] == pytest.approx(closed(p, q), rel=1e-6, abs=1e-6)
+    assert out["kl_qp"] == pytest.approx(closed(q, p), rel=1e-6, abs=1e-6)
 
 
 # ---------------------------------------------------------------- KDE against a known density
@@ -442,7 +467,7 @@ def test_divergences_plugin_1d_collapse() -> None:
     s_star = math.sqrt(math.log(10) / 49.5)
     ks = stats.norm.cdf(10 * s_star) - stats.norm.cdf(s_star)  # 0.3991
     assert out["ks"] == pytest.approx(ks, abs=0.02)
-    assert out["div_bins"] == 100 and out["div_smoothing"] == 0.5
+    assert out["div_bins"] == 100 and out["div_pseudo_count"] == 0.5
     assert out["div_n_samples"] == 10_000 == out["div_n_real"]
     assert out["js"] <= math.log(2) and 0 < out["tv"] <= 1
     assert all(math.isfinite(v) for v in out.values())
@@ -572,7 +597,7 @@ def test_divergences_auxiliary_keys_are_prefixed_and_count_real_samples() -> Non
     assert {k for k in keys if not k.startswith("div_")} <= HEADLINE
     assert {
         "div_bins",
-        "div_smoothing",
+        "div_pseudo_count",
         "div_range_lo",
         "div_range_hi_1",
         "div_outside_real",
@@ -608,3 +633,13 @@ def test_modes_plugin_reports_the_samples_it_got() -> None:
     out = D.ModesMetric().compute(_ctx(ds, lambda n: x[:n]))
     assert out["modes_n_samples"] == 700 != D.ModesParams().n_samples
     assert out == {**D.mode_statistics(x, ds.info["modes"], ds.info["mode_std"]), **out}
+
+
+def test_old_smoothing_param_of_logged_runs() -> None:
+    """Runs logged before pseudo_count store smoothing = 1e-10 (the old default) in their
+    resolved recipe: re-evaluating them uses the new default; another value is an error."""
+    from pydantic import ValidationError
+
+    assert D.DivergenceParams.model_validate({"smoothing": 1e-10}).pseudo_count == 0.5
+    with pytest.raises(ValidationError, match="pseudo_count"):
+        D.DivergenceParams.model_validate({"smoothing": 1e-6})
