@@ -318,7 +318,7 @@ def evaluate(
 ) -> None:
     """Re-evaluate a run's final generator into the same run (other metrics, more samples).
 
-    The new values are added at the run's last step; MLflow shows the latest. They differ slightly from the first evaluation: the generated samples are drawn anew.
+    The new values are added at the run's last step; MLflow shows the latest. With the run's own settings they equal its logged values (evaluation noise is seeded by the run's seed and step); the settings used are kept in eval/reevaluate-<time>/settings.json.
     """  # noqa: E501
     from .reevaluate import reevaluate
 

@@ -37,22 +37,48 @@ def eval_seed(seed: int, step: int) -> int:
 
 @contextlib.contextmanager
 def isolated_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
-    """Seed torch (CPU and ``device``), numpy and Python's ``random`` with ``seed`` inside the
-    block and restore every state after it, whatever happens inside."""
+    """Seed torch's CPU generator and every generator of ``device``'s type (all CUDA or MPS
+    devices), numpy's and Python's ``random`` with ``seed`` inside the block, and restore
+    every one of those states after it, whatever happens inside. Generators of other device
+    types are neither seeded nor touched (``torch.manual_seed`` would reseed them all)."""
     import numpy as np
     import torch
 
-    devices = [device] if device is not None and device.type == "cuda" else []
+    kind = device.type if device is not None else "cpu"
+    backend = getattr(torch, kind, None) if kind != "cpu" else None
+    devices = list(range(backend.device_count())) if backend is not None else []
+    fork = (
+        torch.random.fork_rng(devices=devices, device_type=kind)
+        if devices
+        else torch.random.fork_rng(devices=[])
+    )
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)  # also seeds every CUDA device
+        with fork:
+            torch.random.default_generator.manual_seed(seed)
+            if devices:
+                seed_all = getattr(backend, "manual_seed_all", None) or backend.manual_seed
+                seed_all(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)
             yield
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module | None) -> Iterator[torch.nn.Module | None]:
+    """Eval mode for the block; afterwards every submodule gets its own mode back
+    (``module.train(was)`` would also flip submodules someone froze on purpose)."""
+    modes = [(m, m.training) for m in module.modules()] if module is not None else []
+    if module is not None:
+        module.eval()
+    try:
+        yield module
+    finally:
+        for m, was in modes:
+            m.training = was
 
 
 def step_dir(step: int) -> str:
@@ -66,18 +92,13 @@ def evaluate(ctx: RunContext, eval_dir: str | None = None) -> dict[str, float]:
     """
     previous = ctx.eval_dir
     ctx.eval_dir = eval_dir or step_dir(ctx.step)
-    generator = ctx.generator
-    was_training = generator.training if generator is not None else False
     try:
         with (
             ctx.tracker.deferred_artifacts(),
             isolated_rng(eval_seed(ctx.recipe.experiment.seed, ctx.step), ctx.device),
+            eval_mode(ctx.generator),
         ):
-            if generator is not None:
-                generator.eval()
             results: Any = ctx.plugins.evaluate(ctx)
     finally:
         ctx.eval_dir = previous
-        if generator is not None:
-            generator.train(was_training)
     return dict(results or {})

@@ -41,8 +41,16 @@ class Plugins:
         return self._first("train", ctx)
 
     def evaluate(self, ctx: RunContext) -> dict[str, float]:
+        from .errors import UserError
+
         merged: dict[str, float] = {}
         for part in self._hook.gan_pipe_evaluate(ctx=ctx):
+            clash = sorted(set(merged) & set(part or {}))
+            if clash:
+                raise UserError(
+                    f"two gan_pipe_evaluate implementations both report {clash}; a plugin "
+                    "that adds metrics this way must use keys of its own"
+                )
             merged.update(part or {})
         return merged
 

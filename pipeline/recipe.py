@@ -242,7 +242,10 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
 
 def load_toml(path: Path) -> tuple[dict[str, Any], str]:
     if not path.exists():
-        raise RecipeError(str(path), [f"file not found (looked in {path.resolve().parent})"])
+        where = path.resolve().parent
+        near = [p.name for p in where.glob("*.toml")] if where.is_dir() else []
+        hint = did_you_mean(path.name, near)
+        raise RecipeError(str(path), [f"file not found (looked in {where}){hint}"])
     if path.is_dir():
         raise RecipeError(str(path), ["is a directory; give a recipe .toml file"])
     text = path.read_text(encoding="utf-8")

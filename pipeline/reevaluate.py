@@ -11,6 +11,7 @@ the run records.
 from __future__ import annotations
 
 import json
+import secrets
 import tempfile
 import time
 from collections.abc import Callable
@@ -94,8 +95,9 @@ def reevaluate(
     apply = _overrides(overrides, ("evaluate.",), "evaluate")
 
     def edit(data: dict[str, Any]) -> None:
-        if metrics:
-            data["evaluate"]["metrics"] = [{"name": m, "params": {}} for m in metrics]
+        if metrics:  # each once, in the order given
+            names = list(dict.fromkeys(metrics))
+            data["evaluate"]["metrics"] = [{"name": m, "params": {}} for m in names]
         apply(data)
 
     tracker, resolved, state = load_logged_run(run_id, plugins, edit, "evaluate")
@@ -111,7 +113,7 @@ def reevaluate(
         ctx.discriminator.load_state_dict(state["discriminator"])
     ctx.step = int(state["step"])
     ctx.generator.eval()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{secrets.token_hex(2)}"  # unique per call
     where = f"eval/reevaluate-{stamp}"
     try:
         results = evaluate(ctx, where)

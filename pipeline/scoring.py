@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from .context import Dataset
 from .errors import RecipeError, UserError, did_you_mean
+from .evaluation import isolated_rng
 from .recipe import format_validation_errors, parse_override
 from .registry import Registry
 
@@ -51,6 +52,8 @@ class ScoreContext:
     step: int = 0
     notes: list[str] = field(default_factory=list)
     metric: str = ""
+    #: where metrics would put files (kept in memory here; see RunContext.eval_dir)
+    eval_dir: str = "eval"
     #: (rows asked for, rows returned) of each generate call of the current metric
     drawn: list[tuple[int, int]] = field(default_factory=list)
 
@@ -414,7 +417,8 @@ def score(
     for name in metrics:
         p = validated[name]
         ctx.metric, ctx.drawn, ds.mapped = name, [], False
-        result = dict(comps[name].factory(p).compute(ctx))
+        with isolated_rng(0, ctx.device):  # a metric's own randomness: the same every call
+            result = dict(comps[name].factory(p).compute(ctx))
         _rows_used(result, ctx.drawn)
         clash = sorted(result.keys() & values.keys())
         if clash:

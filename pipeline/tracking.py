@@ -180,14 +180,23 @@ class Tracker:
     # ------------------------------------------------------------ artifacts
     @contextlib.contextmanager
     def deferred_artifacts(self) -> Iterator[None]:
-        """Artifacts logged inside the block are written when it succeeds and dropped when it
-        raises, so a failed evaluation leaves no half-written files in the run."""
-        if self._deferred is not None:  # nested: the outer block decides
-            yield
+        """Artifacts (files, figures, images) logged inside the block are written when it
+        succeeds and dropped when it raises, so a failed evaluation leaves no files in the
+        run. A nested block's artifacts join the outer block's only if the nested block
+        succeeds. (If the store itself fails while writing, files written before stay.)"""
+        outer = self._deferred
+        if outer is not None:  # nested: collect separately, hand over on success
+            self._deferred = []
+            try:
+                yield
+                outer.extend(self._deferred)
+            finally:
+                self._deferred = outer
             return
         self._deferred = []
         with tempfile.TemporaryDirectory(prefix="gan-pipe-artifacts-") as tmp:
             self._deferred_dir = Path(tmp)
+            self._n_kept = 0
             try:
                 yield
                 pending = self._deferred
@@ -195,6 +204,13 @@ class Tracker:
                 self._deferred = None
             for write in pending:
                 write()
+
+    def _keep_dir(self) -> Path:
+        """A fresh folder under the deferred block's temp dir."""
+        self._n_kept += 1
+        keep = self._deferred_dir / str(self._n_kept)
+        keep.mkdir()
+        return keep
 
     def _write(self, write: Callable[[], None]) -> None:
         if self._deferred is None:
@@ -204,15 +220,20 @@ class Tracker:
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         """An image series: the UI shows one slider over steps per ``key``."""
-        self.client.log_image(self.run_id, image, key=key, step=int(step), synchronous=False)
+        if self._deferred is not None:
+            image = image.copy()
+        self._write(
+            lambda: self.client.log_image(
+                self.run_id, image, key=key, step=int(step), synchronous=False
+            )
+        )
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         if self._deferred is None:
             self.client.log_figure(self.run_id, figure, artifact_file)
             return
         # rendered now: the caller may close or change the figure before the block ends
-        path = self._deferred_dir / str(len(self._deferred)) / Path(artifact_file).name
-        path.parent.mkdir()
+        path = self._keep_dir() / Path(artifact_file).name
         figure.savefig(path)
         parent = str(Path(artifact_file).parent)
         self._deferred.append(
@@ -230,9 +251,8 @@ class Tracker:
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         if self._deferred is not None:  # copied now: the caller may delete its file
-            keep = self._deferred_dir / str(len(self._deferred))
-            keep.mkdir()
-            src, dst = Path(local_path), keep / Path(local_path).name
+            src = Path(local_path)
+            dst = self._keep_dir() / src.name
             local_path = shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
         self._write(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path))
 

@@ -90,10 +90,17 @@ def gan_pipe_evaluate(ctx: RunContext) -> dict[str, float]:
 
     results: dict[str, float] = {}
     owner: dict[str, str] = {}
+    base = ctx.eval_dir
     for i, ref in enumerate(ctx.recipe.evaluate.metrics):
         metric = _make(ctx, f"evaluate.metrics.{i}")
         here = f"evaluate.metrics.{i} ({ref.name})"
-        for key, value in metric.compute(ctx).items():
+        # a prefixed metric's files go to their own folder, as its keys get their own names
+        ctx.eval_dir = f"{base}/{ref.prefix.strip('_.-')}" if ref.prefix.strip("_.-") else base
+        try:
+            values = metric.compute(ctx)
+        finally:
+            ctx.eval_dir = base
+        for key, value in values.items():
             key = ref.prefix + key
             if key in results:
                 raise UserError(

@@ -177,3 +177,142 @@ def test_deferred_artifacts_are_all_or_nothing(workdir):
     assert files == {"eval/y/b.json", "eval/y/fig.png", "eval/y/note.txt"}
     got = client.download_artifacts(tracker.run_id, "eval/y/b.json", str(workdir / "dl"))
     assert open(got).read().replace(" ", "").replace("\n", "") == '{"b":[1,2]}'
+
+
+def test_prefixed_metrics_keep_their_own_files_and_m_twice_runs_once(workdir):
+    two = (
+        '[{name="parzen", params={n_samples=300, n_val=50, n_test=80, sigmas=[0.1, 0.2]}}, '
+        '{name="parzen", prefix="wide_", params={n_samples=300, n_val=50, n_test=80, '
+        "sigmas=[0.5, 1.0]}}]"
+    )
+    run_id = _run(workdir, f"evaluate.metrics={two}")
+    client = _client(workdir)
+    m = client.get_run(run_id).data.metrics
+    assert m["eval/parzen_sigma"] in (0.1, 0.2) and m["eval/wide_parzen_sigma"] in (0.5, 1.0)
+    (workdir / "a").mkdir()
+    (workdir / "b").mkdir()
+    path = "eval/step-0000006/parzen_sigma_search.json"
+    narrow = client.download_artifacts(run_id, path, str(workdir / "a"))
+    wide_path = "eval/step-0000006/wide/parzen_sigma_search.json"
+    wide = client.download_artifacts(run_id, wide_path, str(workdir / "b"))
+    import json
+
+    assert json.load(open(narrow))["sigma"] == [0.1, 0.2]
+    assert json.load(open(wide))["sigma"] == [0.5, 1.0]
+
+    res = runner.invoke(app, ["evaluate", run_id, "-m", "modes", "-m", "parzen", "-m", "parzen"])
+    assert res.exit_code == 2 and "info['modes']" in res.output  # not a prefix complaint
+    res = runner.invoke(app, ["evaluate", run_id, "-m", "parzen", "-m", "parzen"])
+    assert res.exit_code == 0, res.output
+
+
+def test_nested_deferred_blocks_and_images(workdir):
+    import numpy as np
+
+    from gan_pipe.tracking import Tracker
+
+    tracker = Tracker("nested", "nested-run")
+    try:
+        with tracker.deferred_artifacts():
+            tracker.log_dict({"a": 1}, "eval/outer.json")
+            with pytest.raises(RuntimeError), tracker.deferred_artifacts():
+                tracker.log_dict({"b": 1}, "eval/failed_inner.json")
+                tracker.log_image(np.zeros((4, 4, 3), np.uint8), key="inner", step=1)
+                raise RuntimeError("inner metric failed")
+            with tracker.deferred_artifacts():
+                tracker.log_dict({"c": 1}, "eval/good_inner.json")
+            picture = np.zeros((4, 4, 3), np.uint8)
+            tracker.log_image(picture, key="kept", step=2)
+            picture[:] = 255  # logged as it was at the call
+            assert list(_files(tracker.client, tracker.run_id)) == []
+        tracker.flush()
+    finally:
+        tracker.end()
+    import mlflow
+
+    mlflow.flush_async_logging()
+    files = set(_files(_client(workdir), tracker.run_id))
+    assert {"eval/outer.json", "eval/good_inner.json"} <= files
+    assert "eval/failed_inner.json" not in files
+    assert not any("inner" in f and f.startswith("images/") for f in files)
+    assert any(f.startswith("images/kept") for f in files)
+
+
+def test_isolated_rng_restores_every_state_and_is_reproducible():
+    import random
+
+    import numpy as np
+    import torch
+
+    from gan_pipe.evaluation import isolated_rng
+
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    draws = []
+    for _ in range(2):
+        with isolated_rng(123, torch.device("cpu")):
+            draws.append((torch.rand(2), np.random.rand(2), random.random()))
+    assert torch.equal(draws[0][0], draws[1][0]) and np.array_equal(draws[0][1], draws[1][1])
+    assert draws[0][2] == draws[1][2]
+    after = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(after[0], expected[0]) and np.array_equal(after[1], expected[1])
+    assert after[2] == expected[2]
+    with pytest.raises(ValueError), isolated_rng(1, torch.device("cpu")):
+        torch.rand(1)
+        raise ValueError
+    assert not torch.equal(torch.rand(3), after[0])  # the stream went on from where it was
+
+
+class _NoisyMetric:
+    """Draws from numpy's global RNG, as metrics are told they may."""
+
+    def __init__(self, params=None):
+        pass
+
+    def compute(self, ctx):
+        import numpy as np
+
+        return {"noisy": float(np.random.rand())}
+
+
+@hookimpl
+def _register_noisy(register):
+    register("noisy", _NoisyMetric)
+
+
+@hookimpl
+def _evaluate_parzen_ll(ctx):
+    return {"parzen_ll": 1.0}
+
+
+def test_score_is_reproducible_and_evaluate_hooks_may_not_clash(tmp_path):
+    import numpy as np
+
+    from gan_pipe.scoring import score
+    from gan_pipe.testing import plugins_with
+
+    plugin = types.SimpleNamespace(__name__="noisy_plugin", register_metrics=_register_noisy)
+    registry = plugins_with(plugin).registry
+    np.save(tmp_path / "r.npy", np.random.default_rng(0).random((50, 2)))
+    args = (registry, tmp_path / "r.npy", tmp_path / "r.npy", ["noisy"])
+    assert score(*args)[0]["noisy"] == score(*args)[0]["noisy"]
+
+    clash = types.SimpleNamespace(__name__="clash_hook", gan_pipe_evaluate=_evaluate_parzen_ll)
+    plugins = plugins_with(clash)
+    ctx = types.SimpleNamespace(
+        recipe=types.SimpleNamespace(
+            evaluate=types.SimpleNamespace(metrics=[]),
+        ),
+        eval_dir="eval",
+    )
+    assert plugins.evaluate(ctx) == {"parzen_ll": 1.0}  # the built-in stage reports nothing
+    twice = plugins_with(
+        clash, types.SimpleNamespace(__name__="again", gan_pipe_evaluate=_evaluate_parzen_ll)
+    )
+    with pytest.raises(UserError, match=r"both report \['parzen_ll'\]"):
+        twice.evaluate(ctx)

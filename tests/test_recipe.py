@@ -103,8 +103,12 @@ def test_toml_syntax_error(tmp_path, registry):
 
 
 def test_missing_file(tmp_path, registry):
-    with pytest.raises(RecipeError, match="file not found"):
+    with pytest.raises(RecipeError, match="file not found") as err:
         load_recipe(tmp_path / "nope.toml", registry)
+    assert "did you mean" not in str(err.value)
+    (tmp_path / "ring8-gan.toml").write_text("")
+    with pytest.raises(RecipeError, match="did you mean 'ring8-gan.toml'"):
+        load_recipe(tmp_path / "ring8-gan.tml", registry)
 
 
 def test_overrides_parse_toml_values():

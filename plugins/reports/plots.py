@@ -135,24 +135,6 @@ def _accepts_generator(fn: Any) -> bool:
     return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
 
 
-@contextmanager
-def _seeded_global_rng(device: torch.device, seed: int) -> Iterator[None]:
-    """Seed the global RNG of ``device`` for the block and restore it afterwards, so the
-    report neither depends on nor disturbs the randomness of whatever runs next."""
-    import torch
-
-    if device.type == "cpu":
-        # Seed only the CPU generator: torch.manual_seed would also reseed (un-forked) GPUs.
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(seed)
-            yield
-        return
-    mod = getattr(torch, device.type)
-    with torch.random.fork_rng(devices=list(range(mod.device_count())), device_type=device.type):
-        torch.manual_seed(seed)
-        yield
-
-
 def fixed_noise(ctx: RunContext, n: int, seed: int) -> torch.Tensor:
     """``n`` noise vectors that depend only on ``seed``: the same grid cells show the same
     z in every run, so grids are comparable across runs and checkpoints. Uses a private
@@ -163,24 +145,21 @@ def fixed_noise(ctx: RunContext, n: int, seed: int) -> torch.Tensor:
     assert ctx.noise is not None
     if _accepts_generator(ctx.noise):
         return ctx.noise(n, generator=torch.Generator(device=ctx.device).manual_seed(seed))
-    with _seeded_global_rng(torch.device(ctx.device), seed):
+    from gan_pipe.evaluation import isolated_rng
+
+    with isolated_rng(seed, torch.device(ctx.device)):
         return ctx.noise(n)
 
 
 @contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Eval mode and no grad for the block; every submodule's own mode comes back after
-    (``module.train(was)`` would also flip submodules someone froze on purpose)."""
+    """Eval mode and no grad for the block; every submodule's own mode comes back after."""
     import torch
 
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield module
-    finally:
-        for m, was in modes:
-            m.training = was
+    from gan_pipe.evaluation import eval_mode as modes_restored
+
+    with modes_restored(module), torch.no_grad():
+        yield module
 
 
 class SampleGrid:
