@@ -275,6 +275,7 @@ class Trainer:
         if ds is None:
             return
         from gan_pipe.plugins.reports import grid as G
+        from gan_pipe.plugins.reports.plots import real_subset, vector_figure
 
         was = self.G.training
         self.G.eval()
@@ -288,16 +289,12 @@ class Trainer:
         else:
             x = x.reshape(len(x), -1)
             if self._fixed_real is None:  # the same real points in every frame
-                g = torch.Generator().manual_seed(self.ctx.recipe.experiment.seed)
-                idx = torch.randperm(len(ds.train), generator=g)[: len(x)]
-                self._fixed_real = ds.train[idx.to(ds.train.device)].float().cpu()
-            real = self._fixed_real.reshape(-1, x.shape[1])
-            if x.shape[1] == 1:
-                lo, hi = float(real.min()), float(real.max())
-                pad = 0.5 * (hi - lo) if hi > lo else 1.0  # fixed axes: frames compare
-                fig = G.histogram_plot(real, x, range=(lo - pad, hi + pad), title=f"step {step}")
-            else:
-                fig = G.scatter_plot(real, x, title=f"step {step}")
+                seed = self.ctx.recipe.experiment.seed
+                self._fixed_real = real_subset(ds, len(x), seed).reshape(-1, x.shape[1])
+            real = self._fixed_real
+            lo, hi = float(real.min()), float(real.max())
+            pad = 0.5 * (hi - lo) if hi > lo else 1.0  # fixed 1-D axes: frames compare
+            fig = vector_figure(real, x, f"step {step}", span=(lo - pad, hi + pad))
             picture = G.figure_pixels(fig)
         self.ctx.tracker.log_image(picture, key="samples", step=step)
 

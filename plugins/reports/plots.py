@@ -183,13 +183,8 @@ class SampleGrid:
 
     def _real(self, ctx: RunContext, n: int) -> torch.Tensor:
         """A fixed random subset of the training data (same rows in every run)."""
-        import torch
-
         assert ctx.dataset is not None
-        train = ctx.dataset.train
-        g = torch.Generator().manual_seed(self.params.seed)
-        idx = torch.randperm(len(train), generator=g)[:n]
-        return train[idx.to(train.device)].float().cpu()
+        return real_subset(ctx.dataset, n, self.params.seed)
 
     def _decision(self, ctx: RunContext, lo: float, hi: float) -> tuple[Any, Any] | None:
         """D(x) on a grid of x for 1-D data, or None without a usable discriminator."""
@@ -218,18 +213,42 @@ class SampleGrid:
             return
         fake = self._sample(ctx, p.n_points).reshape(p.n_points, -1)
         real = self._real(ctx, p.n_points).reshape(-1, fake.shape[1])
-        title = f"step {ctx.step}"
-        if fake.shape[1] == 1:
-            both = G.to_numpy(real).ravel().tolist() + G.to_numpy(fake).ravel().tolist()
-            lo, hi = _span([v for v in both if math.isfinite(v)])
-            fig = G.histogram_plot(
-                real, fake, range=(lo, hi), decision=self._decision(ctx, lo, hi), title=title
-            )
-        else:
-            if fake.shape[1] > 2:
-                title += f" (first 2 of {fake.shape[1]} dimensions)"
-            fig = G.scatter_plot(real, fake, title=title)
+        fig = vector_figure(
+            real, fake, f"step {ctx.step}", decision=lambda lo, hi: self._decision(ctx, lo, hi)
+        )
         ctx.tracker.log_figure(fig, "plots/samples.png")
+
+
+def real_subset(dataset: Any, n: int, seed: int) -> torch.Tensor:
+    """``n`` training rows picked by ``seed`` (the same rows in every run and every frame)."""
+    import torch
+
+    train = dataset.train
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
+    return train[idx.to(train.device)].float().cpu()
+
+
+def vector_figure(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    title: str,
+    span: tuple[float, float] | None = None,
+    decision: Any = None,
+) -> Figure:
+    """Real vs generated rows of vector data: histograms in 1-D (over ``span``, default the
+    bulk of both samples; ``decision(lo, hi)`` may return D(x) to draw), otherwise a scatter
+    of the first two coordinates."""
+    from gan_pipe.plugins.reports import grid as G
+
+    if fake.shape[1] == 1:
+        if span is None:
+            both = G.to_numpy(real).ravel().tolist() + G.to_numpy(fake).ravel().tolist()
+            span = _span([v for v in both if math.isfinite(v)])
+        d = decision(*span) if decision is not None else None
+        return G.histogram_plot(real, fake, range=span, decision=d, title=title)
+    if fake.shape[1] > 2:
+        title += f" (first 2 of {fake.shape[1]} dimensions)"
+    return G.scatter_plot(real, fake, title=title)
 
 
 def _span(values: list[float]) -> tuple[float, float]:
