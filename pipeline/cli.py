@@ -38,12 +38,15 @@ SetOpt = Annotated[
 
 _SETTING = re.compile(
     r"(^n_|_n_|_n$|n_samples|n_projections|n_ref|bins|smoothing|range_|nonfinite|outside"
-    r"|cached|bandwidth|_std$|n_std|kde_n|n_modes|n_assign|^div_|_at_edge$)"
+    r"|cached|bandwidth|_std$|n_std|kde_n|n_modes|n_assign|(^|_)div_)"
 )
 
 
-def _is_setting(key: str) -> bool:
-    """Sizes and settings metrics report beside their values (kept in MLflow, not printed)."""
+def _is_setting(key: str, value: float = 0.0) -> bool:
+    """Sizes and settings metrics report beside their values (kept in MLflow, not printed);
+    a flag such as ``parzen_sigma_at_edge`` only when it is down."""
+    if key.endswith("_at_edge"):
+        return value == 0
     return bool(_SETTING.search(key))
 
 
@@ -127,7 +130,7 @@ def _summary(result) -> None:
     typer.echo(f"  run id:     {result.run_id}")
     typer.echo(f"  experiment: {result.experiment} (id {result.experiment_id})")
     typer.echo(f"  steps:      {result.steps} on {result.device}")
-    headline = {k: v for k, v in result.results.items() if not _is_setting(k)}
+    headline = {k: v for k, v in result.results.items() if not _is_setting(k, v)}
     for key, value in sorted(headline.items()):
         typer.echo(f"  eval/{key}: {value:.6g}")
     if len(headline) < len(result.results):

@@ -128,6 +128,11 @@ class Train(_Strict):
         }
 
 
+def prefix_hint(name: str, index: int) -> str:
+    """A suggested ``prefix`` for metric ``index`` named ``name``."""
+    return f'prefix = "{name.replace("-", "_")}{index}_"'
+
+
 class MetricRef(ComponentRef):
     """A metric, optionally with a ``prefix`` for its keys: the same metric at two settings
     (``prefix = "fine_"`` logs ``eval/fine_kl``) or two metrics reporting the same key."""
@@ -151,7 +156,7 @@ class Evaluate(_Strict):
                 raise ValueError(
                     f"metrics {seen[m.name, m.prefix]} and {i} are both {m.name!r} with "
                     f"prefix {m.prefix!r}: their values would overwrite each other; give one a "
-                    f'different `prefix` (e.g. prefix = "{m.name.replace("-", "_")}{i}_")'
+                    f"different `prefix` (e.g. {prefix_hint(m.name, i)})"
                 )
             seen[m.name, m.prefix] = i
         return metrics

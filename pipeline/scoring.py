@@ -430,14 +430,13 @@ def score(
         reported_by.update(dict.fromkeys(result, name))
         if ds.mapped:
             range_users.append(name)
-        grid = getattr(p, "sigmas", None)
-        if "parzen_sigma" in result and grid and getattr(p, "sigma", None) is None:
-            if result["parzen_sigma"] in (min(grid), max(grid)):
-                notes.append(
-                    f"{name}: the chosen sigma {result['parzen_sigma']:.3g} is at the edge of "
-                    f"the grid [{min(grid):.3g}, {max(grid):.3g}]; the best sigma may lie "
-                    f"outside it (check {scale}, or --param {name}.sigmas=[...])"
-                )
+        if result.get("parzen_sigma_at_edge", 0) != 0:
+            grid = p.sigmas
+            notes.append(
+                f"{name}: the chosen sigma {result['parzen_sigma']:.3g} is at the edge of "
+                f"the grid [{min(grid):.3g}, {max(grid):.3g}]; the best sigma may lie "
+                f"outside it (check {scale}, or --param {name}.sigmas=[...])"
+            )
     if range_users and (base is None or ds.is_image):
         notes += _range_notes(ds, {"real": real, "fake": fake}, range_users, where)
     return values, notes

@@ -87,6 +87,7 @@ def gan_pipe_train(ctx: RunContext):
 @hookimpl
 def gan_pipe_evaluate(ctx: RunContext) -> dict[str, float]:
     from gan_pipe.errors import UserError
+    from gan_pipe.recipe import prefix_hint
 
     results: dict[str, float] = {}
     owner: dict[str, str] = {}
@@ -105,8 +106,7 @@ def gan_pipe_evaluate(ctx: RunContext) -> dict[str, float]:
             if key in results:
                 raise UserError(
                     f"{here} and {owner[key]} both report {key!r}; give one of them a "
-                    f'`prefix` (e.g. prefix = "{ref.name.replace("-", "_")}{i}_") so neither '
-                    "value is lost"
+                    f"`prefix` (e.g. {prefix_hint(ref.name, i)}) so neither value is lost"
                 )
             results[key], owner[key] = value, here
     return results

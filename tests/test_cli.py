@@ -387,3 +387,13 @@ def test_missing_data_is_a_user_error_and_the_run_says_failed(workdir):
     (run,) = _client(workdir).search_runs(experiment_ids=["1"])
     assert run.info.status == "FAILED"
     assert f"MLflow run {run.info.run_id} is marked FAILED" in res.output
+
+
+def test_run_summary_hides_settings_but_shows_raised_flags():
+    from gan_pipe.cli import _is_setting
+
+    assert _is_setting("div_gauss_ridge") and _is_setting("fine_div_n_real")
+    assert _is_setting("parzen_n_samples") and not _is_setting("parzen_ll")
+    assert _is_setting("parzen_sigma_at_edge", 0.0)
+    assert not _is_setting("parzen_sigma_at_edge", -1.0)
+    assert not _is_setting("kl") and not _is_setting("kl_gauss")
