@@ -43,7 +43,11 @@ if TYPE_CHECKING:
     import torch
 
 #: Bumped when the classifier's architecture or training changes, so old caches are not used.
-CACHE_VERSION = 1
+#: 2: features are divided by a fixed scale (their RMS over the training rows).
+CACHE_VERSION = 2
+
+#: Training rows whose features set the feature scale (a fixed subset, seeded).
+SCALE_ROWS = 5000
 
 #: Datasets that come with labels and a test split (what this metric needs).
 LABELLED_DATASETS = "digits, mnist, fashion-mnist"
@@ -198,10 +202,14 @@ def _build_classifier(
                     nn.Linear(256, feature_dim),
                 )
             self.head = nn.Sequential(nn.ReLU(), nn.Linear(feature_dim, n_classes))
+            # set once after training (saved with the weights): features in units of their
+            # RMS on the training rows, so FID and KID's (x.y / d + 1)^3 kernel see O(1) values
+            self.register_buffer("feature_scale", torch.ones(()))
 
         def features(self, x: torch.Tensor) -> torch.Tensor:
-            """The penultimate layer before its ReLU (no dead, all-zero features)."""
-            return self.body(x)
+            """The penultimate layer before its ReLU (no dead, all-zero features), divided by
+            ``feature_scale``."""
+            return self.body(x) / self.feature_scale
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.body(x))
@@ -372,6 +380,10 @@ def load_or_train_classifier(
         seed=params.classifier_seed,
         device=device,
     )
+    rows = random_rows(x, SCALE_ROWS, params.classifier_seed)
+    f = extract_features(model, rows, device, params.feature_batch_size)
+    rms = float((f**2).mean() ** 0.5)
+    model.feature_scale.fill_(rms if rms > 0 else 1.0)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

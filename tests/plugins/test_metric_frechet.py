@@ -456,3 +456,17 @@ def test_digits_features_are_extracted_without_touching_the_model_mode(
     assert model.training and a.shape == (7, 128) and a.dtype == np.float64
     b = frechet.extract_features(model, x, torch.device("cpu"), batch_size=500)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_features_are_in_units_of_their_training_rms(tmp_path, count_training):
+    """The feature scale is fixed after training and cached with the weights: training rows'
+    features have RMS 1 (here every row sets it), and a loaded classifier keeps the scale."""
+    ds = blobs_dataset()
+    p = small_params(tmp_path)
+    model, cached, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
+    f = frechet.extract_features(model, ds.to_unit(ds.train), torch.device("cpu"))
+    assert not cached and float(np.sqrt((f**2).mean())) == pytest.approx(1.0, rel=1e-5)
+    assert float(model.feature_scale) != 1.0  # a scale was set, not the default
+    again, cached, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
+    assert cached and float(again.feature_scale) == float(model.feature_scale)
+    assert len(count_training) == 1
