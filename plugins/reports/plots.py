@@ -60,7 +60,9 @@ class LossCurves:
     """One figure of the logged training scalars vs step: D and G losses in the first
     axes, any other ``train/*`` series (gradient penalty, D(x) means...) in a second one,
     because they live on different scales. Logged as ``plots/losses.png``, with the raw
-    (unsmoothed) series as ``plots/losses.json`` so the plot can be redrawn elsewhere."""
+    (unsmoothed) series as ``plots/losses.json`` so the plot can be redrawn elsewhere. With
+    ``train.eval_every``, the metric curves too: ``plots/eval.png`` and ``plots/eval.json``
+    (see :func:`eval_curves`)."""
 
     def __init__(self, params: LossCurvesParams):
         self.params = params
@@ -106,11 +108,59 @@ class LossCurves:
 
     def run(self, ctx: RunContext) -> None:
         series = self.select(ctx.history)
-        if not series:
-            return
-        ctx.tracker.log_figure(self.figure(series), "plots/losses.png")
-        raw = {k: [[int(s), float(v)] for s, v in pts] for k, pts in series.items()}
-        ctx.tracker.log_dict(raw, "plots/losses.json")
+        if series:
+            ctx.tracker.log_figure(self.figure(series), "plots/losses.png")
+            raw = {k: [[int(s), float(v)] for s, v in pts] for k, pts in series.items()}
+            ctx.tracker.log_dict(raw, "plots/losses.json")
+        curves = eval_curves(ctx.history, ctx.results, ctx.step)
+        if curves:
+            ctx.tracker.log_figure(eval_figure(curves), "plots/eval.png")
+            raw = {k: [[int(s), float(v)] for s, v in pts] for k, pts in curves.items()}
+            ctx.tracker.log_dict(raw, "plots/eval.json")
+
+
+#: At most this many metric curves in ``plots/eval.png`` (the first ones logged).
+MAX_EVAL_PANELS = 12
+
+
+def eval_curves(
+    history: dict[str, list[tuple[int, float]]], final: dict[str, float], step: int
+) -> dict[str, list[tuple[int, float]]]:
+    """The metrics evaluated more than once (``train.eval_every``) with the final evaluation
+    appended: ``{"eval/kl": [(step, value), ...]}``. Series that never change (sizes and
+    settings such as ``div_bins``) are left out; at most :data:`MAX_EVAL_PANELS`."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for key, pts in history.items():
+        if not key.startswith("eval/"):
+            continue
+        pts = list(pts)
+        name = key[len("eval/") :]
+        if name in final and (not pts or pts[-1][0] != step):
+            pts.append((step, float(final[name])))
+        finite = {v for _, v in pts if math.isfinite(v)}
+        if len(pts) >= 2 and len(finite) >= 2:
+            out[key] = pts
+        if len(out) == MAX_EVAL_PANELS:
+            break
+    return out
+
+
+def eval_figure(curves: dict[str, list[tuple[int, float]]]) -> Figure:
+    """One small panel per metric (they live on unrelated scales), step on the x axis."""
+    from matplotlib.figure import Figure
+
+    cols = min(3, len(curves))
+    rows = math.ceil(len(curves) / cols)
+    fig = Figure(figsize=(4 * cols, 2.6 * rows), dpi=100, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (key, pts) in zip(axes, curves.items(), strict=False):
+        ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o", ms=3, lw=1.2)
+        ax.set_title(key, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(curves) :]:
+        ax.set_axis_off()
+    fig.suptitle("evaluation metrics during training")
+    return fig
 
 
 # ---------------------------------------------------------------- sample-grid
@@ -290,7 +340,8 @@ def register_reports(register: Register) -> None:
         "loss-curves",
         LossCurves,
         params=LossCurvesParams,
-        description="training losses and other train/* scalars vs step",
+        description="training losses and other train/* scalars vs step (plots/losses.png), "
+        "and metrics evaluated during training (plots/eval.png)",
     )
     register(
         "sample-grid",

@@ -348,3 +348,35 @@ def test_sample_grid_1d_histogram_with_decision() -> None:
         disc.eval()
         expected = disc(torch.as_tensor(xs, dtype=torch.float32).reshape(-1, 1)).ravel().numpy()
     np.testing.assert_allclose(ds_, expected, rtol=1e-5, atol=1e-6)  # eval mode: no dropout
+
+
+def test_eval_curves_plot_metrics_evaluated_during_training() -> None:
+    """With eval_every, plots/eval.png has one panel per changing metric, the final
+    evaluation appended; constant settings and once-evaluated metrics are left out."""
+    history = {
+        "train/d_loss": [(10, 1.0), (20, 0.9)],
+        "eval/kl": [(10, 2.0), (20, 1.5)],
+        "eval/div_bins": [(10, 100.0), (20, 100.0)],  # a setting: constant
+        "eval/modes": [(10, 3.0), (20, 5.0)],
+    }
+    ctx = make_ctx(history=history, results={"kl": 1.2, "modes": 5.0, "div_bins": 100.0})
+    ctx.step = 30
+    plots.LossCurves(plots.LossCurvesParams()).run(ctx)
+    tr = ctx.tracker
+    assert [name for _, name in tr.figures] == ["plots/losses.png", "plots/eval.png"]
+    fig = tr.figures[1][0]
+    panels = [ax for ax in fig.axes if ax.lines]
+    assert [ax.get_title() for ax in panels] == ["eval/kl", "eval/modes"]
+    assert list(panels[0].lines[0].get_xdata()) == [10, 20, 30]
+    assert list(panels[0].lines[0].get_ydata()) == [2.0, 1.5, 1.2]
+    assert tr.dicts[1] == (
+        {
+            "eval/kl": [[10, 2.0], [20, 1.5], [30, 1.2]],
+            "eval/modes": [[10, 3.0], [20, 5.0], [30, 5.0]],
+        },
+        "plots/eval.json",
+    )
+    # evaluated only at the end: nothing to draw
+    ctx = make_ctx(history={"train/d_loss": [(10, 1.0)]}, results={"kl": 1.2})
+    plots.LossCurves(plots.LossCurvesParams()).run(ctx)
+    assert [name for _, name in ctx.tracker.figures] == ["plots/losses.png"]
