@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,6 +15,7 @@ import typer.core
 
 from . import __version__
 from .errors import GanPipeError, RecipeError, UserError
+from .evaluation import is_setting
 
 app = typer.Typer(
     name="gan-pipe",
@@ -34,20 +34,6 @@ SetOpt = Annotated[
         "--set", "-s", help="override a key: --set train.lr=1e-4 (repeatable)", show_default=False
     ),
 ]
-
-
-_SETTING = re.compile(
-    r"(^n_|_n_|_n$|n_samples|n_projections|n_ref|bins|smoothing|range_|nonfinite|outside"
-    r"|cached|bandwidth|_std$|n_std|kde_n|n_modes|n_assign|(^|_)div_)"
-)
-
-
-def _is_setting(key: str, value: float = 0.0) -> bool:
-    """Sizes and settings metrics report beside their values (kept in MLflow, not printed);
-    a flag such as ``parzen_sigma_at_edge`` only when it is down."""
-    if key.endswith("_at_edge"):
-        return value == 0
-    return bool(_SETTING.search(key))
 
 
 def _err(msg: str) -> None:
@@ -130,7 +116,7 @@ def _summary(result) -> None:
     typer.echo(f"  run id:     {result.run_id}")
     typer.echo(f"  experiment: {result.experiment} (id {result.experiment_id})")
     typer.echo(f"  steps:      {result.steps} on {result.device}")
-    headline = {k: v for k, v in result.results.items() if not _is_setting(k, v)}
+    headline = {k: v for k, v in result.results.items() if not is_setting(k, v)}
     for key, value in sorted(headline.items()):
         typer.echo(f"  eval/{key}: {value:.6g}")
     if len(headline) < len(result.results):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,22 @@ def eval_mode(module: torch.nn.Module | None) -> Iterator[torch.nn.Module | None
     finally:
         for m, was in modes:
             m.training = was
+
+
+#: Keys that are sizes and settings reported beside the values (``div_bins``, ``kde_n``,
+#: ``parzen_n_samples``...): kept in MLflow, left out of the run summary and metric plots.
+_SETTING = re.compile(
+    r"(^n_|_n_|_n$|n_samples|n_projections|n_ref|bins|smoothing|range_|nonfinite|outside"
+    r"|cached|bandwidth|_std$|n_std|kde_n|n_modes|n_assign|(^|_)div_)"
+)
+
+
+def is_setting(key: str, value: float = 0.0) -> bool:
+    """Whether metric ``key`` is a size or setting rather than a result; a flag such as
+    ``parzen_sigma_at_edge`` counts as one only while it is down (0)."""
+    if key.endswith("_at_edge"):
+        return value == 0
+    return bool(_SETTING.search(key))
 
 
 def step_dir(step: int) -> str:

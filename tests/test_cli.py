@@ -390,7 +390,7 @@ def test_missing_data_is_a_user_error_and_the_run_says_failed(workdir):
 
 
 def test_run_summary_hides_settings_but_shows_raised_flags():
-    from gan_pipe.cli import _is_setting
+    from gan_pipe.evaluation import is_setting as _is_setting
 
     assert _is_setting("div_gauss_ridge") and _is_setting("fine_div_n_real")
     assert _is_setting("parzen_n_samples") and not _is_setting("parzen_ll")

@@ -120,25 +120,27 @@ class LossCurves:
 
 
 #: At most this many metric curves in ``plots/eval.png`` (the first ones logged).
-MAX_EVAL_PANELS = 12
+MAX_EVAL_PANELS = 15
 
 
 def eval_curves(
     history: dict[str, list[tuple[int, float]]], final: dict[str, float], step: int
 ) -> dict[str, list[tuple[int, float]]]:
     """The metrics evaluated more than once (``train.eval_every``) with the final evaluation
-    appended: ``{"eval/kl": [(step, value), ...]}``. Series that never change (sizes and
-    settings such as ``div_bins``) are left out; at most :data:`MAX_EVAL_PANELS`."""
+    appended: ``{"eval/kl": [(step, value), ...]}``. Sizes and settings (``div_bins``,
+    ``kde_bandwidth``: :func:`gan_pipe.evaluation.is_setting`) and ``*_inf`` flags are left
+    out; at most :data:`MAX_EVAL_PANELS`, in the order the metrics report them."""
+    from gan_pipe.evaluation import is_setting
+
     out: dict[str, list[tuple[int, float]]] = {}
     for key, pts in history.items():
-        if not key.startswith("eval/"):
+        name = key[len("eval/") :]
+        if not key.startswith("eval/") or name.endswith("_inf") or is_setting(name, 0.0):
             continue
         pts = list(pts)
-        name = key[len("eval/") :]
         if name in final and (not pts or pts[-1][0] != step):
             pts.append((step, float(final[name])))
-        finite = {v for _, v in pts if math.isfinite(v)}
-        if len(pts) >= 2 and len(finite) >= 2:
+        if len(pts) >= 2:
             out[key] = pts
         if len(out) == MAX_EVAL_PANELS:
             break

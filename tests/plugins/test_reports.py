@@ -351,13 +351,14 @@ def test_sample_grid_1d_histogram_with_decision() -> None:
 
 
 def test_eval_curves_plot_metrics_evaluated_during_training() -> None:
-    """With eval_every, plots/eval.png has one panel per changing metric, the final
-    evaluation appended; constant settings and once-evaluated metrics are left out."""
+    """With eval_every, plots/eval.png has one panel per metric, the final evaluation
+    appended; settings, *_inf flags and once-evaluated metrics are left out."""
     history = {
         "train/d_loss": [(10, 1.0), (20, 0.9)],
         "eval/kl": [(10, 2.0), (20, 1.5)],
-        "eval/div_bins": [(10, 100.0), (20, 100.0)],  # a setting: constant
-        "eval/modes": [(10, 3.0), (20, 5.0)],
+        "eval/div_bins": [(10, 100.0), (20, 100.0)],  # a setting
+        "eval/kl_inf": [(10, 1.0), (20, 0.0)],  # a flag
+        "eval/modes": [(10, 5.0), (20, 5.0)],  # constant, still a result
     }
     ctx = make_ctx(history=history, results={"kl": 1.2, "modes": 5.0, "div_bins": 100.0})
     ctx.step = 30
@@ -372,7 +373,7 @@ def test_eval_curves_plot_metrics_evaluated_during_training() -> None:
     assert tr.dicts[1] == (
         {
             "eval/kl": [[10, 2.0], [20, 1.5], [30, 1.2]],
-            "eval/modes": [[10, 3.0], [20, 5.0], [30, 5.0]],
+            "eval/modes": [[10, 5.0], [20, 5.0], [30, 5.0]],
         },
         "plots/eval.json",
     )
