@@ -180,8 +180,8 @@ def test_values_beyond_float32_are_rejected_without_warnings(tmp_path):
     y[4, 2] = 1e300  # finite in float64, inf in float32
     np.save(over, y)
     np.save(huge, x * 1e30)  # finite in float32, but its squared distances are not
-    _rejected(_run("--real", ok, "--fake", over), "over.npy has 1 row", "float32's range", "1e+300")
-    _rejected(_run("--real", over, "--fake", ok), "--real", "float32's range")
+    _rejected(_run("--real", ok, "--fake", over), "--fake", "up to 1e+300", "--range LO,HI")
+    _rejected(_run("--real", over, "--fake", ok), "--real", "up to 1e+300")
     _rejected(_run("--real", huge, "--fake", ok), "--real", "up to 1e+30", "--range LO,HI")
     # in their own range they are fine
     res = _run("--real", huge, "--fake", huge, "--range", "0,1e30", "--json")
@@ -456,3 +456,65 @@ def test_constant_real_data_is_scored_without_warnings(tmp_path):
         )
     assert spread["std_ratio"] is None  # infinite: null in JSON, never NaN
     assert same["std_ratio"] == 1.0 and same["w1"] == 0.0 and same["tv"] == 0.0
+
+
+def test_data_far_from_zero_keep_their_spread(tmp_path):
+    """Samples are kept in float64: N(4, .5) and N(4, .05) shifted by 1e8 score as unshifted
+    (a float32 cast would round both to a handful of values: KL ~ 0, std_ratio ~ 1)."""
+    q = (np.arange(20000) + 0.5) / 20000
+    wide, narrow = st.norm.ppf(q, 4, 0.5), st.norm.ppf(q, 4, 0.05)
+    for offset in (0.0, 1e8):
+        np.save(tmp_path / "w.npy", wide + offset)
+        np.save(tmp_path / "n.npy", narrow + offset)
+        out = _score(
+            "--real",
+            str(tmp_path / "w.npy"),
+            "--fake",
+            str(tmp_path / "n.npy"),
+            "-m",
+            "divergences",
+            "-p",
+            "divergences.n_samples=20000",
+        )
+        assert out["kl_gauss"] == pytest.approx(47.197, rel=0.01)
+        assert out["std_ratio"] == pytest.approx(0.1, rel=0.01)
+        assert out["w1"] == pytest.approx(0.35905, rel=0.01)
+
+
+def test_real_rows_that_do_not_fit_the_dataset_density_get_a_note(tmp_path):
+    """--dataset gaussian-1d is N(4, .5): its own kind of rows pass silently; N(0, 1) rows get
+    a note that the KDE KLs use the dataset's density, not the rows."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "fits.npy", rng.normal(4, 0.5, 3000))
+    np.save(tmp_path / "off.npy", rng.normal(0, 1, 3000))
+    for real, noted in (("fits.npy", False), ("off.npy", True)):
+        res = runner.invoke(
+            app,
+            [
+                "score",
+                "--real",
+                str(tmp_path / real),
+                "--fake",
+                str(tmp_path / "fits.npy"),
+                "-m",
+                "divergences",
+                "--dataset",
+                "gaussian-1d",
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        assert ("do not look like samples of gaussian-1d" in res.output) == noted
+
+
+def test_image_rows_of_any_layout_are_reshaped_to_the_dataset(tmp_path):
+    """(N, 28, 28) rows for digits' (1, 28, 28) are reshaped with a note; without --dataset
+    two layouts of the same size are an error that says so."""
+    x = np.random.default_rng(0).random((40, 28, 28)).astype(np.float32) * 2 - 1
+    np.save(tmp_path / "hw.npy", x)
+    np.save(tmp_path / "chw.npy", x[:, None])
+    hw, chw = str(tmp_path / "hw.npy"), str(tmp_path / "chw.npy")
+    res = _run("--real", hw, "--fake", chw, "-m", "divergences", "--dataset", "digits", "--json")
+    assert res.exit_code == 0, res.output
+    assert "reshaped to the sample shape (1, 28, 28)" in res.output
+    assert json.loads(res.stdout)["div_n_samples"] == 40  # every fake row was scored
+    _rejected(_run("--real", hw, "--fake", chw), "same number of values")

@@ -335,7 +335,8 @@ def gaussian_kl(mean0: ArrayLike, cov0: ArrayLike, mean1: ArrayLike, cov1: Array
     diff = m1 - m0
     logdet0, logdet1 = np.linalg.slogdet(s0)[1], np.linalg.slogdet(s1)[1]
     quad = np.trace(np.linalg.solve(s1, s0)) + diff @ np.linalg.solve(s1, diff)
-    return float(0.5 * (quad - len(m0) + logdet1 - logdet0))
+    # KL >= 0: a rounding residue such as -2e-16 for identical fits is reported as 0
+    return max(0.0, float(0.5 * (quad - len(m0) + logdet1 - logdet0)))
 
 
 def gaussian_fit_divergences(
@@ -464,8 +465,8 @@ def density_divergences(
       (leave-one-out KDE: the entropy term without the self-kernel's upward bias). Reliable
       to a few hundredths of a nat: ``log p`` is exact, only G's entropy is estimated. The
       KDE's smoothing biases it down, so a perfect sampler can give a slightly negative value
-      (-0.02 to -0.06 nats seen on ring8 / grid25, whose modes are narrow): read |value| below
-      about 0.05 as "no detectable difference", not as a negative KL.
+      (-0.02 to -0.07 nats seen on ring8 / grid25, whose modes are narrow): read |value| below
+      about 0.1 as "no detectable difference", not as a negative KL.
     * ``kl_kde`` = KL(p||G) ~ mean over real x of [log p(x) - log q(x)] (needs ``real``): an
       upper-biased indicator that G misses data mass, not a measurement. Where p has mass
       beyond G's samples, log q is the KDE's Gaussian tail, with a bandwidth fitted to G and

@@ -455,7 +455,10 @@ class FrechetMetric:
                 f"fid: dataset {name!r} has no labels to train the feature classifier on; {works}"
             )
         if ds.test is None or len(ds.test) < 2:
-            raise UserError(f"fid: dataset {name!r} has no test split to compare with; {works}")
+            raise UserError(
+                f"fid: dataset {name!r} has fewer than 2 test rows to compare with (in gan-pipe "
+                f"score: the --real rows left after the 10% validation hold-out); {works}"
+            )
         if len(ds.train) < 2:
             raise UserError(f"fid: dataset {name!r} has fewer than 2 training rows")
 
@@ -480,12 +483,14 @@ class FrechetMetric:
 
         n = min(p.n_samples, int(ds.train.shape[0]))
         reference = random_rows(ds.test, p.n_samples, p.seed)
-        real = random_rows(ds.train, n, p.seed + 1)
         fake = ctx.generate(n)
         if tuple(fake.shape[1:]) != tuple(ds.shape):
             raise UserError(
                 f"fid: generator samples have shape {tuple(fake.shape[1:])}, data {ds.shape}"
             )
+        # the floor uses as many real rows as there are generated ones (fewer than n when a
+        # sample file is short): both carry the same small-sample bias
+        real = random_rows(ds.train, int(fake.shape[0]), p.seed + 1)
 
         def feats(x: torch.Tensor) -> np.ndarray:
             return extract_features(model, ds.to_unit(x), device, p.feature_batch_size)

@@ -367,7 +367,7 @@ def test_missing_labels_or_test_split_is_a_user_error(tmp_path):
     assert "digits, mnist, fashion-mnist" in str(e.value)
     ds = blobs_dataset()
     ds.test = None
-    with pytest.raises(UserError, match="no test split") as e:
+    with pytest.raises(UserError, match="fewer than 2 test rows") as e:
         FrechetMetric(small_params(tmp_path)).compute(fake_ctx(ds, lambda n: ds.train[:n]))
     assert "digits, mnist, fashion-mnist" in str(e.value)
 
@@ -470,3 +470,24 @@ def test_features_are_in_units_of_their_training_rms(tmp_path, count_training):
     again, cached, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
     assert cached and float(again.feature_scale) == float(model.feature_scale)
     assert len(count_training) == 1
+
+
+def test_floor_uses_as_many_real_rows_as_there_are_generated_ones(tmp_path):
+    """A short sample file (10 rows of 40 asked for): the floor is computed on 10 training
+    rows too, so fid and fid_floor carry the same small-sample bias."""
+    from gan_pipe.plugins.metrics.sampling import random_rows
+
+    ds = blobs_dataset()
+    p = small_params(tmp_path)
+    out = FrechetMetric(p).compute(fake_ctx(ds, lambda n: ds.test[:10]))
+    model, _, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
+
+    def stats(x):
+        return frechet.feature_stats(
+            frechet.extract_features(model, ds.to_unit(x), torch.device("cpu"))
+        )
+
+    ref = stats(random_rows(ds.test, p.n_samples, p.seed))
+    floor = frechet.frechet_distance(*stats(random_rows(ds.train, 10, p.seed + 1)), *ref)
+    assert out["fid_n_samples"] == 10
+    assert out["fid_floor"] == pytest.approx(floor, rel=1e-9)
