@@ -292,9 +292,11 @@ class Trainer:
                 seed = self.ctx.recipe.experiment.seed
                 self._fixed_real = real_subset(ds, len(x), seed).reshape(-1, x.shape[1])
             real = self._fixed_real
-            lo, hi = float(real.min()), float(real.max())
-            pad = 0.5 * (hi - lo) if hi > lo else 1.0  # fixed 1-D axes: frames compare
-            fig = vector_figure(real, x, f"step {step}", span=(lo - pad, hi + pad))
+            lo, hi = real.min(dim=0).values, real.max(dim=0).values
+            pad = torch.where(hi > lo, 0.5 * (hi - lo), torch.ones_like(hi))
+            # fixed axes around the data: frames of the slider compare
+            box = [(float(a), float(b)) for a, b in zip(lo - pad, hi + pad, strict=True)]
+            fig = vector_figure(real, x, f"step {step}", span=box[0], limits=box[:2])
             picture = G.figure_pixels(fig)
         self.ctx.tracker.log_image(picture, key="samples", step=step)
 

@@ -121,11 +121,14 @@ def scatter_plot(
     *,
     title: str | None = None,
     labels: tuple[str, str] = ("real", "generated"),
+    limits: tuple[tuple[float, float], tuple[float, float]] | None = None,
 ) -> Figure:
     """Real vs generated points of 2-D data (the first two coordinates if more).
 
     Non-finite generated points are dropped; the axes scale to both sets, so samples that
-    wander far from the data stay visible instead of being cut off.
+    wander far from the data stay visible instead of being cut off, unless ``limits``
+    ((x lo, x hi), (y lo, y hi)) fixes them (frames of a training run stay comparable); then
+    the share of generated points outside the view is written in the corner.
     """
     from matplotlib.figure import Figure
 
@@ -135,7 +138,25 @@ def scatter_plot(
         p = to_numpy(pts).reshape(len(pts), -1)[:, :2]
         p = p[np.isfinite(p).all(axis=1)]
         ax.scatter(p[:, 0], p[:, 1], s=5, alpha=0.5, color=color, linewidths=0, label=label)
-    ax.set_aspect("equal", adjustable="datalim")
+    if limits is None:
+        ax.set_aspect("equal", adjustable="datalim")
+    else:
+        (x0, x1), (y0, y1) = limits
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        ax.set_aspect("equal", adjustable="box")
+        g = to_numpy(fake).reshape(len(fake), -1)[:, :2]
+        inside = (g[:, 0] >= x0) & (g[:, 0] <= x1) & (g[:, 1] >= y0) & (g[:, 1] <= y1)
+        out = 1.0 - float(inside.mean()) if len(g) else 0.0
+        if out > 0:
+            ax.text(
+                0.02,
+                0.02,
+                f"{out:.1%} of generated points outside the view",
+                transform=ax.transAxes,
+                fontsize=8,
+                color=FAKE_COLOR,
+            )
     ax.set_xlabel("x[0]")
     ax.set_ylabel("x[1]")
     ax.grid(alpha=0.3)

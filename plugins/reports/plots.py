@@ -286,10 +286,11 @@ def vector_figure(
     title: str,
     span: tuple[float, float] | None = None,
     decision: Any = None,
+    limits: Any = None,
 ) -> Figure:
     """Real vs generated rows of vector data: histograms in 1-D (over ``span``, default the
     bulk of both samples; ``decision(lo, hi)`` may return D(x) to draw), otherwise a scatter
-    of the first two coordinates."""
+    of the first two coordinates (axes fixed to ``limits`` when given)."""
     from gan_pipe.plugins.reports import grid as G
 
     if fake.shape[1] == 1:
@@ -300,7 +301,7 @@ def vector_figure(
         return G.histogram_plot(real, fake, range=span, decision=d, title=title)
     if fake.shape[1] > 2:
         title += f" (first 2 of {fake.shape[1]} dimensions)"
-    return G.scatter_plot(real, fake, title=title)
+    return G.scatter_plot(real, fake, title=title, limits=limits)
 
 
 def _span(values: list[float]) -> tuple[float, float]:

@@ -381,3 +381,13 @@ def test_eval_curves_plot_metrics_evaluated_during_training() -> None:
     ctx = make_ctx(history={"train/d_loss": [(10, 1.0)]}, results={"kl": 1.2})
     plots.LossCurves(plots.LossCurvesParams()).run(ctx)
     assert [name for _, name in ctx.tracker.figures] == ["plots/losses.png"]
+
+
+def test_scatter_with_fixed_limits_says_how_much_is_outside() -> None:
+    real = np.zeros((10, 2))
+    fake = np.array([[0.0, 0.0]] * 3 + [[5.0, 0.0]])  # one of four outside
+    fig = scatter_plot(real, fake, limits=((-1.0, 1.0), (-2.0, 2.0)))
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (-1.0, 1.0) and ax.get_ylim() == (-2.0, 2.0)
+    assert [t.get_text() for t in ax.texts] == ["25.0% of generated points outside the view"]
+    assert len(scatter_plot(real, fake[:3], limits=((-1.0, 1.0), (-2.0, 2.0))).axes[0].texts) == 0
