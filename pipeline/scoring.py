@@ -171,11 +171,11 @@ def _bad_rows(path: Path, mask: Any) -> str:
 
 
 def load_samples(path: Path, what: str) -> Any:
-    """A .npy (or .npz with one array) file of samples, rows first, as a float64 tensor.
-
-    Checked in the file's own dtype (every value finite). Kept in float64: a float32 cast would
-    erase the spread of data far from 0 (N(1e8, 0.5) rounds to a few values); each metric
-    casts what it needs (Parzen and FID after mapping to [0, 1], see _check_magnitude).
+    """A .npy (or .npz with one array) file of samples, rows first, as a float tensor of the
+    file's precision: float32 for float32 and small-int files, float64 for float64 and wide-int
+    ones (a float32 cast would erase the spread of data far from 0: N(1e8, 0.5) rounds to a
+    few values). Checked in the file's own dtype (every value finite, squares finite); each
+    metric casts what it needs (Parzen after mapping to [0, 1], see _check_magnitude).
     """
     import numpy as np
     import torch
@@ -196,7 +196,16 @@ def load_samples(path: Path, what: str) -> Any:
             "first, e.g. x = x[numpy.isfinite(x.reshape(len(x), -1)).all(axis=1)]"
             + (" (a generator that outputs NaN has diverged)" if what == "fake" else "")
         )
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+    top = float(np.abs(rows).max())
+    if top > 1e150:
+        raise UserError(
+            f"--{what}: {path} holds values up to {top:.3g}: their squares overflow even "
+            "float64; rescale the samples"
+        )
+    # the file's precision: float32 (and small ints) stay float32 as in a run; float64 (and
+    # wide ints) stay float64, so data far from 0 keep their spread
+    dtype = np.result_type(arr.dtype, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=dtype))
 
 
 def _check_magnitude(x: Any, ds: Dataset, what: str, path: Path, where: str) -> None:
@@ -222,12 +231,14 @@ def _values(shape: tuple[int, ...]) -> str:
 
 
 def _conform(x: Any, ds: Dataset, what: str, path: Path, notes: list[str]) -> Any:
-    """Rows of ``x`` in the dataset's sample shape: as they are, or rows with the same number
-    of values reshaped (flat rows, (H, W) images of a (1, H, W) dataset); else a UserError."""
+    """Rows of ``x`` in the dataset's sample shape: as they are, or reshaped when that keeps
+    every value in place (flat rows, or shapes equal but for size-1 axes: (H, W) images of a
+    (1, H, W) dataset); else a UserError (a channels-last (H, W, 3) file needs a transpose)."""
     row, shape = tuple(x.shape[1:]), tuple(ds.shape)
     if row == shape:
         return x
-    if math.prod(row) == math.prod(shape):
+    squeezed = [d for d in row if d != 1] == [d for d in shape if d != 1]
+    if math.prod(row) == math.prod(shape) and (len(row) == 1 or len(shape) == 1 or squeezed):
         notes.append(
             f"--{what}: rows of {_values(row)} reshaped to the sample shape {shape} "
             f"of dataset {ds.name}"
@@ -276,6 +287,8 @@ def _density_note(base: Dataset, real: Any, name: str) -> str | None:
     import torch
 
     n = min(len(real), 5000)
+    if n < 2:
+        return None
     rows = real[:n].reshape(n, -1).double()
     own = base.sample(5000, generator=torch.Generator().manual_seed(0)).reshape(5000, -1).double()
     a, b = base.log_density(rows).double(), base.log_density(own).double()

@@ -180,7 +180,7 @@ def test_values_beyond_float32_are_rejected_without_warnings(tmp_path):
     y[4, 2] = 1e300  # finite in float64, inf in float32
     np.save(over, y)
     np.save(huge, x * 1e30)  # finite in float32, but its squared distances are not
-    _rejected(_run("--real", ok, "--fake", over), "--fake", "up to 1e+300", "--range LO,HI")
+    _rejected(_run("--real", ok, "--fake", over), "--fake", "up to 1e+300", "even float64")
     _rejected(_run("--real", over, "--fake", ok), "--real", "up to 1e+300")
     _rejected(_run("--real", huge, "--fake", ok), "--real", "up to 1e+30", "--range LO,HI")
     # in their own range they are fine
@@ -518,3 +518,55 @@ def test_image_rows_of_any_layout_are_reshaped_to_the_dataset(tmp_path):
     assert "reshaped to the sample shape (1, 28, 28)" in res.output
     assert json.loads(res.stdout)["div_n_samples"] == 40  # every fake row was scored
     _rejected(_run("--real", hw, "--fake", chw), "same number of values")
+
+
+def test_precision_follows_the_file_and_overflow_is_refused(tmp_path):
+    """float32 files give float32 tensors (as in a run), float64 files float64; Parzen maps
+    far-from-0 data to [0, 1] before its float32 cast; squares beyond float64 are refused
+    instead of a NaN Gaussian KL printed as 0."""
+    import torch
+
+    from gan_pipe.scoring import load_samples
+
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    for dtype, expected in (
+        (np.float32, torch.float32),
+        (np.float64, torch.float64),
+        (np.int16, torch.float32),
+        (np.int64, torch.float64),
+    ):
+        np.save(tmp_path / "x.npy", x.astype(dtype))
+        assert load_samples(tmp_path / "x.npy", "real").dtype == expected
+
+    rng = np.random.default_rng(1)
+    far = str(tmp_path / "far.npy")
+    near = str(tmp_path / "near.npy")
+    np.save(far, 1e8 + 0.5 * rng.normal(size=(3000, 1)))
+    np.save(near, np.load(far) - 1e8)
+    got = [
+        _score("--real", f, "--fake", f, "-m", "parzen", "--range", r)
+        for f, r in ((far, "99999995,100000005"), (near, "-5,5"))
+    ]
+    assert got[0]["parzen_ll_se"] > 0  # not collapsed onto a few float32 values
+    assert got[0]["parzen_ll"] == pytest.approx(got[1]["parzen_ll"], abs=1e-3)
+
+    np.save(tmp_path / "huge.npy", 1e200 * rng.normal(size=(500, 1)))
+    _rejected(
+        _run("--real", str(tmp_path / "huge.npy"), "--fake", near, "-m", "divergences"),
+        "overflow even float64",
+    )
+
+
+def test_channels_last_images_are_not_scrambled(tmp_path):
+    import types
+
+    import torch
+
+    from gan_pipe.scoring import _conform
+
+    ds = types.SimpleNamespace(shape=(3, 4, 4), name="rgb")
+    notes: list[str] = []
+    flat = _conform(torch.zeros(5, 48), ds, "real", tmp_path / "f.npy", notes)
+    assert flat.shape == (5, 3, 4, 4) and notes
+    with pytest.raises(UserError, match=r"rows of shape \(4, 4, 3\)"):
+        _conform(torch.zeros(5, 4, 4, 3), ds, "real", tmp_path / "hwc.npy", notes)

@@ -335,8 +335,10 @@ def gaussian_kl(mean0: ArrayLike, cov0: ArrayLike, mean1: ArrayLike, cov1: Array
     diff = m1 - m0
     logdet0, logdet1 = np.linalg.slogdet(s0)[1], np.linalg.slogdet(s1)[1]
     quad = np.trace(np.linalg.solve(s1, s0)) + diff @ np.linalg.solve(s1, diff)
-    # KL >= 0: a rounding residue such as -2e-16 for identical fits is reported as 0
-    return max(0.0, float(0.5 * (quad - len(m0) + logdet1 - logdet0)))
+    kl = float(0.5 * (quad - len(m0) + logdet1 - logdet0))
+    # KL >= 0: a rounding residue such as -2e-16 for identical fits is reported as 0 (a NaN
+    # from overflowing inputs stays NaN: max(0, nan) would hide it as a perfect 0)
+    return 0.0 if -1e-9 < kl < 0 else kl
 
 
 def gaussian_fit_divergences(

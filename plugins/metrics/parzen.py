@@ -271,7 +271,12 @@ class ParzenMetric:
         self.params = params if params is not None else ParzenParams()
 
     def _unit_rows(self, ctx: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        x = ctx.dataset.to_unit(x.to(device=ctx.device, dtype=dtype))
+        """Rows mapped to [0, 1] in float64 first, then cast to the compute dtype (a float32
+        cast before the mapping would round data far from 0 to a few values)."""
+        import torch
+
+        wide = torch.float64 if ctx.device.type != "mps" else torch.float32  # MPS has no fp64
+        x = ctx.dataset.to_unit(x.to(device=ctx.device, dtype=wide)).to(dtype)
         return x.reshape(x.shape[0], -1)
 
     def compute(self, ctx: Any) -> dict[str, float]:

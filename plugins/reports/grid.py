@@ -146,13 +146,17 @@ def scatter_plot(
         ax.set_ylim(y0, y1)
         ax.set_aspect("equal", adjustable="box")
         g = to_numpy(fake).reshape(len(fake), -1)[:, :2]
+        finite = np.isfinite(g).all(axis=1)
         inside = (g[:, 0] >= x0) & (g[:, 0] <= x1) & (g[:, 1] >= y0) & (g[:, 1] <= y1)
-        out = 1.0 - float(inside.mean()) if len(g) else 0.0
-        if out > 0:
+        n = max(len(g), 1)
+        out, bad = float((finite & ~inside).sum()) / n, float((~finite).sum()) / n
+        words = [f"{out:.1%} outside the view"] if out > 0 else []
+        words += [f"{bad:.1%} non-finite"] if bad > 0 else []
+        if words:
             ax.text(
                 0.02,
                 0.02,
-                f"{out:.1%} of generated points outside the view",
+                "generated points: " + ", ".join(words),
                 transform=ax.transAxes,
                 fontsize=8,
                 color=FAKE_COLOR,

@@ -643,3 +643,9 @@ def test_old_smoothing_param_of_logged_runs() -> None:
     assert D.DivergenceParams.model_validate({"smoothing": 1e-10}).pseudo_count == 0.5
     with pytest.raises(ValidationError, match="pseudo_count"):
         D.DivergenceParams.model_validate({"smoothing": 1e-6})
+
+
+def test_gaussian_kl_keeps_nan_and_clamps_only_rounding() -> None:
+    assert math.isnan(D.gaussian_kl([0.0], [[1.0]], [np.nan], [[1.0]]))
+    x = np.random.default_rng(3).normal(size=(100, 2))
+    assert D.gaussian_fit_divergences(x, x)["kl_pq"] == 0.0

@@ -389,5 +389,7 @@ def test_scatter_with_fixed_limits_says_how_much_is_outside() -> None:
     fig = scatter_plot(real, fake, limits=((-1.0, 1.0), (-2.0, 2.0)))
     ax = fig.axes[0]
     assert ax.get_xlim() == (-1.0, 1.0) and ax.get_ylim() == (-2.0, 2.0)
-    assert [t.get_text() for t in ax.texts] == ["25.0% of generated points outside the view"]
+    assert [t.get_text() for t in ax.texts] == ["generated points: 25.0% outside the view"]
+    nan = scatter_plot(real, np.array([[0.0, 0.0], [np.nan, 0.0]]), limits=((-1, 1), (-1, 1)))
+    assert [t.get_text() for t in nan.axes[0].texts] == ["generated points: 50.0% non-finite"]
     assert len(scatter_plot(real, fake[:3], limits=((-1.0, 1.0), (-2.0, 2.0))).axes[0].texts) == 0
