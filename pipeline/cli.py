@@ -267,7 +267,7 @@ def score(
 
     --dataset NAME ({DATASETS}) adds what sample files cannot carry: mode centres (modes), the exact density (divergences' KDE KL), labelled training images for fid's classifier (its accuracy is measured on the dataset's own test split) and the value range (--range may only repeat it). It never replaces --real: the real rows are always the file's. Rows must have the dataset's sample shape; flat rows of an image dataset's size are reshaped to its (C, H, W).
 
-    Both files are read as numbers in float64: NaN or infinite values (in any row of either file), complex numbers and values whose squared distances would overflow float32 once --range is mapped to [0, 1] are errors; drop or rescale such rows first. Plain output rounds to 6 significant digits, --json keeps full precision.
+    Both files are read as numbers in their own precision: NaN or infinite values (in any row of either file), complex numbers and values whose squared distances would overflow float32 once --range is mapped to [0, 1] are errors; drop or rescale such rows first. Plain output rounds to 6 significant digits, --json keeps full precision.
     """  # noqa: E501 (one line per paragraph: the help renderer keeps line breaks)
     from .scoring import parse_range
     from .scoring import score as run_score
