@@ -84,10 +84,7 @@ def eval_mode(module: torch.nn.Module | None) -> Iterator[torch.nn.Module | None
 
 #: Keys that are sizes and settings reported beside the values (``div_bins``, ``kde_n``,
 #: ``parzen_n_samples``...): kept in MLflow, left out of the run summary and metric plots.
-_SETTING = re.compile(
-    r"(^n_|_n_|_n$|n_samples|n_projections|n_ref|bins|smoothing|range_|nonfinite|outside"
-    r"|cached|bandwidth|_std$|n_std|kde_n|n_modes|n_assign|(^|_)div_)"
-)
+_SETTING = re.compile(r"(^n_|_n_|_n$|(^|_)div_|bandwidth|cached|nonfinite|_std$)")
 
 
 def is_setting(key: str, value: float = 0.0) -> bool:
@@ -96,6 +93,21 @@ def is_setting(key: str, value: float = 0.0) -> bool:
     if key.endswith("_at_edge"):
         return value == 0
     return bool(_SETTING.search(key))
+
+
+def add_values(
+    into: dict[str, float], owners: dict[str, str], values: dict[str, float], who: str, fix: str
+) -> None:
+    """Add the metric ``values`` reported by ``who`` to ``into``; a key another reporter gave
+    already is an error naming both (and ``fix``), never a silent overwrite."""
+    from .errors import UserError
+
+    clash = sorted(k for k in values if k in into)
+    if clash:
+        shown = ", ".join(repr(k) for k in clash)
+        raise UserError(f"{owners[clash[0]]} and {who} both report {shown}; {fix}")
+    into.update(values)
+    owners.update(dict.fromkeys(values, who))
 
 
 def step_dir(step: int) -> str:

@@ -41,17 +41,13 @@ class Plugins:
         return self._first("train", ctx)
 
     def evaluate(self, ctx: RunContext) -> dict[str, float]:
-        from .errors import UserError
+        from .evaluation import add_values
 
         merged: dict[str, float] = {}
-        for part in self._hook.gan_pipe_evaluate(ctx=ctx):
-            clash = sorted(set(merged) & set(part or {}))
-            if clash:
-                raise UserError(
-                    f"two gan_pipe_evaluate implementations both report {clash}; a plugin "
-                    "that adds metrics this way must use keys of its own"
-                )
-            merged.update(part or {})
+        owners: dict[str, str] = {}
+        fix = "a plugin that adds metrics this way must use keys of its own"
+        for i, part in enumerate(self._hook.gan_pipe_evaluate(ctx=ctx)):
+            add_values(merged, owners, dict(part or {}), f"gan_pipe_evaluate #{i + 1}", fix)
         return merged
 
     def report(self, ctx: RunContext) -> None:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from .context import Dataset
 from .errors import RecipeError, UserError, did_you_mean
-from .evaluation import isolated_rng
+from .evaluation import add_values, isolated_rng
 from .recipe import format_validation_errors, parse_override
 from .registry import Registry
 
@@ -54,11 +54,8 @@ class ScoreContext:
     metric: str = ""
     #: where metrics would put files (kept in memory here; see RunContext.eval_dir)
     eval_dir: str = "eval"
-    #: (rows asked for, rows returned) of each generate call of the current metric
-    drawn: list[tuple[int, int]] = field(default_factory=list)
 
     def generate(self, n: int, batch_size: int = 0) -> Any:
-        self.drawn.append((n, min(n, len(self.fake))))
         if n > len(self.fake):
             note = (
                 f"{self.metric} asked for {n} generated samples; the fake file has "
@@ -355,14 +352,6 @@ def _range_notes(ds: ScoreDataset, files: dict[str, Any], users: list[str], wher
     return notes
 
 
-def _rows_used(result: dict[str, float], drawn: list[tuple[int, int]]) -> None:
-    """A count of generated samples reported as asked (n) is set to the rows there were."""
-    short = {float(n): float(got) for n, got in drawn if got < n}
-    for key, value in result.items():
-        if key.endswith("n_samples") and value in short:
-            result[key] = short[value]
-
-
 def score(
     registry: Registry,
     real_path: Path,
@@ -448,23 +437,15 @@ def score(
             notes.append(note)
     ctx = ScoreContext(dataset=ds, fake=fake, device=torch.device(device), notes=notes)
     values: dict[str, float] = {}
-    reported_by: dict[str, str] = {}
+    owners: dict[str, str] = {}
     range_users: list[str] = []
     scale = "--range" if base is None else "the samples' scale"
     for name in metrics:
         p = validated[name]
-        ctx.metric, ctx.drawn, ds.mapped = name, [], False
+        ctx.metric, ds.mapped = name, False
         with isolated_rng(0, ctx.device):  # a metric's own randomness: the same every call
             result = dict(comps[name].factory(p).compute(ctx))
-        _rows_used(result, ctx.drawn)
-        clash = sorted(result.keys() & values.keys())
-        if clash:
-            raise UserError(
-                f"metrics {reported_by[clash[0]]} and {name} both report "
-                f"{', '.join(clash)}; score them in separate calls"
-            )
-        values.update(result)
-        reported_by.update(dict.fromkeys(result, name))
+        add_values(values, owners, result, f"-m {name}", "score them in separate calls")
         if ds.mapped:
             range_users.append(name)
         if result.get("parzen_sigma_at_edge", 0) != 0:

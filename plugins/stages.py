@@ -86,7 +86,7 @@ def gan_pipe_train(ctx: RunContext):
 
 @hookimpl
 def gan_pipe_evaluate(ctx: RunContext) -> dict[str, float]:
-    from gan_pipe.errors import UserError
+    from gan_pipe.evaluation import add_values
     from gan_pipe.recipe import prefix_hint
 
     results: dict[str, float] = {}
@@ -101,14 +101,8 @@ def gan_pipe_evaluate(ctx: RunContext) -> dict[str, float]:
             values = metric.compute(ctx)
         finally:
             ctx.eval_dir = base
-        for key, value in values.items():
-            key = ref.prefix + key
-            if key in results:
-                raise UserError(
-                    f"{here} and {owner[key]} both report {key!r}; give one of them a "
-                    f"`prefix` (e.g. {prefix_hint(ref.name, i)}) so neither value is lost"
-                )
-            results[key], owner[key] = value, here
+        fix = f"give one of them a `prefix` (e.g. {prefix_hint(ref.name, i)})"
+        add_values(results, owner, {ref.prefix + k: v for k, v in values.items()}, here, fix)
     return results
 
 

@@ -314,5 +314,5 @@ def test_score_is_reproducible_and_evaluate_hooks_may_not_clash(tmp_path):
     twice = plugins_with(
         clash, types.SimpleNamespace(__name__="again", gan_pipe_evaluate=_evaluate_parzen_ll)
     )
-    with pytest.raises(UserError, match=r"both report \['parzen_ll'\]"):
+    with pytest.raises(UserError, match=r"both report 'parzen_ll'"):
         twice.evaluate(ctx)

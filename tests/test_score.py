@@ -264,7 +264,7 @@ def test_two_metrics_reporting_one_key_is_an_error(tmp_path):
         reg.add(Component(kind="metric", name=name, factory=Constant, plugin="test"))
     np.save(tmp_path / "a.npy", np.zeros((10, 2)))
     a = tmp_path / "a.npy"
-    with pytest.raises(UserError, match="metrics one and two both report shared"):
+    with pytest.raises(UserError, match="-m one and -m two both report 'shared'"):
         score(reg, a, a, ["one", "two"])
     assert score(reg, a, a, ["one", "one"])[0] == {"shared": 1.0}
 

@@ -527,7 +527,7 @@ class FrechetMetric:
                     "reference": "test split",
                     "floor": "training subset vs test split",
                 },
-                f"{getattr(ctx, 'eval_dir', 'eval')}/fid.json",
+                f"{ctx.eval_dir}/fid.json",
             )
         return result
 

@@ -326,7 +326,7 @@ class ParzenMetric:
                         "n_val": n_val,
                         "dtype": p.dtype,
                     },
-                    f"{getattr(ctx, 'eval_dir', 'eval')}/parzen_sigma_search.json",
+                    f"{ctx.eval_dir}/parzen_sigma_search.json",
                 )
 
         ll = parzen_log_likelihood(test, centres, sigma, **kw).double()

@@ -242,7 +242,11 @@ class FakeTracker:
 
 def fake_ctx(ds: Dataset, generate) -> SimpleNamespace:
     return SimpleNamespace(
-        dataset=ds, device=torch.device("cpu"), generate=generate, tracker=FakeTracker()
+        dataset=ds,
+        device=torch.device("cpu"),
+        generate=generate,
+        tracker=FakeTracker(),
+        eval_dir="eval",
     )
 
 

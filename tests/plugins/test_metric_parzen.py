@@ -373,6 +373,7 @@ def fake_ctx(n_val=50, n_test=40, n_gen=300, tracker=None, seed=14):
         dataset=FakeDataset(val, test),
         device=torch.device("cpu"),
         tracker=tracker if tracker is not None else FakeTracker(),
+        eval_dir="eval",
     )
     return ctx, samples, val, test
 
