@@ -54,6 +54,8 @@ class ScoreContext:
     metric: str = ""
     #: where metrics would put files (kept in memory here; see RunContext.eval_dir)
     eval_dir: str = "eval"
+    #: what metrics keep between calls (see RunContext.state)
+    state: dict[str, Any] = field(default_factory=dict)
 
     def generate(self, n: int, batch_size: int = 0) -> Any:
         if n > len(self.fake):

@@ -462,6 +462,37 @@ class FrechetMetric:
         if len(ds.train) < 2:
             raise UserError(f"fid: dataset {name!r} has fewer than 2 training rows")
 
+    def _reference(self, ctx: Any, n_fake: int, device: torch.device) -> tuple:
+        """What does not depend on the generator: the classifier, its accuracy, the test
+        split's features and the real-vs-real floor (on ``n_fake`` training rows, so it has
+        the generated side's small-sample bias). Computed once per run (``ctx.state``), not
+        at every periodic evaluation."""
+        p, ds = self.params, ctx.dataset
+        memo = ctx.state.setdefault("_fid_reference", {})
+        key = (id(ds), p.model_dump_json(), n_fake, str(device))
+        if key in memo:
+            return memo[key]
+        model, cached, path = load_or_train_classifier(ds, p, device)
+        acc = {}
+        labelled = labelled_test_split(ds)
+        if labelled is not None:
+            x, y = labelled
+            acc["fid_classifier_acc"] = classifier_accuracy(
+                model, ds.to_unit(x), y.long(), device, p.feature_batch_size
+            )
+
+        def feats(x: torch.Tensor) -> np.ndarray:
+            return extract_features(model, ds.to_unit(x), device, p.feature_batch_size)
+
+        f_ref = feats(random_rows(ds.test, p.n_samples, p.seed))
+        f_real = feats(random_rows(ds.train, n_fake, p.seed + 1))
+        mu_ref, s_ref = feature_stats(f_ref)
+        floor = frechet_distance(*feature_stats(f_real), mu_ref, s_ref)
+        kw = {"subsets": p.kid_subsets, "subset_size": p.kid_subset_size, "seed": p.seed}
+        kid_floor, _ = kid(f_real, f_ref, **kw)
+        memo[key] = (model, cached, path, acc, f_ref, mu_ref, s_ref, floor, kid_floor)
+        return memo[key]
+
     def compute(self, ctx: Any) -> dict[str, float]:
         import torch
 
@@ -472,36 +503,18 @@ class FrechetMetric:
         self._check(ds)
         device = torch.device(ctx.device)
 
-        model, cached, path = load_or_train_classifier(ds, p, device)
-        labelled = labelled_test_split(ds)
-        acc = {}
-        if labelled is not None:
-            x, y = labelled
-            acc["fid_classifier_acc"] = classifier_accuracy(
-                model, ds.to_unit(x), y.long(), device, p.feature_batch_size
-            )
-
         n = min(p.n_samples, int(ds.train.shape[0]))
-        reference = random_rows(ds.test, p.n_samples, p.seed)
         fake = ctx.generate(n)
         if tuple(fake.shape[1:]) != tuple(ds.shape):
             raise UserError(
                 f"fid: generator samples have shape {tuple(fake.shape[1:])}, data {ds.shape}"
             )
-        # the floor uses as many real rows as there are generated ones (fewer than n when a
-        # sample file is short): both carry the same small-sample bias
-        real = random_rows(ds.train, int(fake.shape[0]), p.seed + 1)
-
-        def feats(x: torch.Tensor) -> np.ndarray:
-            return extract_features(model, ds.to_unit(x), device, p.feature_batch_size)
-
-        f_ref, f_real, f_fake = feats(reference), feats(real), feats(fake)
-        mu_ref, s_ref = feature_stats(f_ref)
+        ref = self._reference(ctx, int(fake.shape[0]), device)
+        model, cached, path, acc, f_ref, mu_ref, s_ref, floor, kid_floor = ref
+        f_fake = extract_features(model, ds.to_unit(fake), device, p.feature_batch_size)
         fid = frechet_distance(*feature_stats(f_fake), mu_ref, s_ref)
-        floor = frechet_distance(*feature_stats(f_real), mu_ref, s_ref)
         kw = {"subsets": p.kid_subsets, "subset_size": p.kid_subset_size, "seed": p.seed}
         kid_mean, kid_std = kid(f_fake, f_ref, **kw)
-        kid_floor, _ = kid(f_real, f_ref, **kw)
 
         result = {
             "fid": fid,

@@ -247,6 +247,7 @@ def fake_ctx(ds: Dataset, generate) -> SimpleNamespace:
         generate=generate,
         tracker=FakeTracker(),
         eval_dir="eval",
+        state={},
     )
 
 
@@ -290,6 +291,7 @@ def test_second_compute_loads_the_cached_classifier(tmp_path, count_training):
     first = metric.compute(ctx)
     assert len(count_training) == 1 and first["fid_classifier_cached"] == 0.0
     assert len(list(tmp_path.glob("blobs-*.pt"))) == 1
+    ctx = fake_ctx(ds, lambda n: ds.test[:n])  # a later run: loads the classifier from disk
     second = FrechetMetric(small_params(tmp_path)).compute(ctx)
     assert len(count_training) == 1 and second["fid_classifier_cached"] == 1.0
     # the loaded classifier is the trained one: same features, same numbers
@@ -330,9 +332,10 @@ def test_unreadable_cache_file_is_retrained(tmp_path, count_training):
     (path,) = tmp_path.glob("blobs-*.pt")
     path.write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="unreadable classifier cache"):
-        out = FrechetMetric(p).compute(ctx)
+        out = FrechetMetric(p).compute(fake_ctx(ds, lambda n: ds.test[:n]))  # a later run
     assert out["fid_classifier_cached"] == 0.0 and len(count_training) == 2
-    assert FrechetMetric(p).compute(ctx)["fid_classifier_cached"] == 1.0
+    later = fake_ctx(ds, lambda n: ds.test[:n])
+    assert FrechetMetric(p).compute(later)["fid_classifier_cached"] == 1.0
 
 
 def test_accuracy_is_measured_on_labelled_rows_or_left_out(tmp_path):
@@ -495,3 +498,23 @@ def test_floor_uses_as_many_real_rows_as_there_are_generated_ones(tmp_path):
     floor = frechet.frechet_distance(*stats(random_rows(ds.train, 10, p.seed + 1)), *ref)
     assert out["fid_n_samples"] == 10
     assert out["fid_floor"] == pytest.approx(floor, rel=1e-9)
+
+
+def test_reference_side_is_computed_once_per_run(tmp_path, monkeypatch, count_training):
+    """Periodic evaluations in one run share the classifier, the test features and the
+    floor: a second compute extracts features of the generated rows only, and agrees."""
+    ds = blobs_dataset()
+    ctx = fake_ctx(ds, lambda n: ds.test[:n])
+    calls = []
+    real = frechet.extract_features
+    monkeypatch.setattr(
+        frechet,
+        "extract_features",
+        lambda m, x, *a, **k: calls.append(len(x)) or real(m, x, *a, **k),
+    )
+    first = FrechetMetric(small_params(tmp_path)).compute(ctx)
+    n_first = len(calls)
+    second = FrechetMetric(small_params(tmp_path)).compute(ctx)
+    # first: the feature scale after training, the test rows, the floor rows, the fakes
+    assert n_first == 4 and len(calls) == n_first + 1 and len(count_training) == 1
+    assert second == first
