@@ -76,6 +76,45 @@ def ui_command(uri: str) -> str:
     return f"{mlflow_exe} ui --backend-store-uri {uri}"
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside an sqlite store (``mlflow.db.lock``) for creating it.
+
+    MLflow creates and migrates an sqlite schema on first use; several processes doing so at
+    once race (``table _alembic_tmp_... already exists``) and can leave the store unusable for
+    every later run. Under this lock the first process creates the schema and the others find
+    it complete. Other stores (servers, databases with their own locking) need nothing."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_store(uri: str) -> Any:
+    """An ``MlflowClient`` on ``uri`` whose store exists and is fully migrated.
+
+    Safe to call from many processes at once (see :func:`_store_lock`); a study calls it once
+    before starting any worker."""
+    from mlflow import MlflowClient
+
+    with _store_lock(uri):
+        c = MlflowClient(uri)  # constructing the store creates and migrates its schema
+        if uri.startswith("sqlite:///"):
+            from mlflow.tracking._model_registry.utils import _get_store as registry_store
+
+            registry_store(uri)  # the model registry shares the file and migrates it too
+    return c
+
+
 def client() -> tuple[Any, str | None]:
     """(MlflowClient on the default store, artifact location for new experiments).
 
@@ -84,7 +123,6 @@ def client() -> tuple[Any, str | None]:
     default for a user's server and lose the ``./mlartifacts`` location.
     """
     import mlflow
-    from mlflow import MlflowClient
 
     # MLflow's own chatter about stores and schema migrations is not the user's business.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -94,7 +132,36 @@ def client() -> tuple[Any, str | None]:
     if artifact_location is not None:
         _ours = uri
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri), artifact_location
+    return ensure_store(uri), artifact_location
+
+
+def experiment_location(name: str, artifact_location: str | None) -> str | None:
+    """One artifact folder per experiment under the default ``./mlartifacts``, as a server
+    keeps them; None (the server's choice) otherwise."""
+    if artifact_location is None:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.") or "experiment"
+    return f"{artifact_location}/{safe}"
+
+
+def get_or_create_experiment(c: Any, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created if missing; safe when several processes (a
+    study's workers, or independent runs on one server) create it at the same moment."""
+    from mlflow.exceptions import MlflowException
+
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(
+            name, artifact_location=experiment_location(name, artifact_location)
+        )
+    except MlflowException as e:
+        exp = c.get_experiment_by_name(name)  # another process created it first
+        if exp is None:
+            raise
+        log.debug("experiment %s was created concurrently (%s)", name, e.error_code)
+        return exp.experiment_id
 
 
 class Tracker:
@@ -128,14 +195,7 @@ class Tracker:
             if reopen:
                 mlflow.start_run(run_id=attach_to)
             return
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            if artifact_location is not None:  # one folder per experiment, as a server does
-                safe = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
-                artifact_location = f"{artifact_location}/{safe}"
-            exp_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
-        else:
-            exp_id = exp.experiment_id
+        exp_id = get_or_create_experiment(self.client, experiment, artifact_location)
         self.experiment_id = exp_id
         self.run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags or {})
         self.run_id = self.run.info.run_id
