@@ -116,6 +116,14 @@ def _summary(result) -> None:
     typer.echo(f"  run id:     {result.run_id}")
     typer.echo(f"  experiment: {result.experiment} (id {result.experiment_id})")
     typer.echo(f"  steps:      {result.steps} on {result.device}")
+    perf = result.perf
+    if "perf/steps_per_s" in perf:
+        typer.echo(
+            f"  speed:      {perf['perf/steps_per_s']:.3g} steps/s, "
+            f"{perf['perf/samples_per_s']:.4g} samples/s "
+            f"({perf['perf/train_time_s']:.1f} s training, "
+            f"{perf.get('perf/wall_time_s', float('nan')):.1f} s in all)"
+        )
     headline = {k: v for k, v in result.results.items() if not is_setting(k, v)}
     for key, value in sorted(headline.items()):
         typer.echo(f"  eval/{key}: {value:.6g}")

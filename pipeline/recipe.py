@@ -14,7 +14,7 @@ what was expected and close matches.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -41,7 +41,10 @@ class Experiment(_Strict):
     device: str = Field(
         "auto", description="'auto' (GPU when there is one), 'cpu', 'cuda', 'cuda:1'"
     )
-    description: str = ""
+    run_name: str | None = Field(
+        None, description="MLflow run name (default: the experiment name and a random suffix)"
+    )
+    description: str = Field("", description="the run's MLflow description (mlflow.note.content)")
     tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow tags")
 
     @field_validator("device")
@@ -162,6 +165,31 @@ class Evaluate(_Strict):
         return metrics
 
 
+class Bound(_Strict):
+    """A range a final metric value must fall in (either end may be open)."""
+
+    min: float | None = Field(None, description="lowest value that counts as success")
+    max: float | None = Field(None, description="highest value that counts as success")
+
+    @field_validator("max")
+    @classmethod
+    def _ordered(cls, v: float | None, info: Any) -> float | None:
+        lo = info.data.get("min")
+        if v is not None and lo is not None and lo > v:
+            raise ValueError(f"min = {lo} is above max = {v}")
+        return v
+
+    def holds(self, value: float) -> bool:
+        if value != value:  # NaN never succeeds
+            return False
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+#: A success criterion: metric key (as under ``eval/``, e.g. ``modes``) -> its range; every
+#: range must hold. Studies report the fraction of seeds where it holds, with an interval.
+Criterion = dict[str, Bound]
+
+
 class Recipe(_Strict):
     """A whole experiment."""
 
@@ -176,17 +204,37 @@ class Recipe(_Strict):
     train: Train = Field(default_factory=Train)
     evaluate: Evaluate = Field(default_factory=Evaluate)
     report: list[ComponentRef] = Field(default_factory=list)
+    success: dict[str, Criterion] = Field(
+        default_factory=dict,
+        description="named success criteria over final metrics, e.g. "
+        "[success.all_modes] modes = {min = 8}; studies log the rate of each over seeds",
+    )
+
+    @field_validator("success")
+    @classmethod
+    def _criteria(cls, v: dict[str, Criterion]) -> dict[str, Criterion]:
+        for name, crit in v.items():
+            if not crit:
+                raise ValueError(f"success.{name} names no metric, e.g. modes = {{min = 8}}")
+            for key, bound in crit.items():
+                if bound.min is None and bound.max is None:
+                    raise ValueError(f"success.{name}.{key} needs min, max or both")
+        return v
 
 
 @dataclass
 class ResolvedRecipe:
-    """A validated recipe with every component looked up and its params validated."""
+    """A validated recipe with every component looked up and its params validated.
+
+    ``data`` is the recipe as run (the file's tables with ``overrides`` applied)."""
 
     recipe: Recipe
     source: str
     text: str
     components: dict[str, Component]
     params: dict[str, BaseModel]
+    overrides: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe with every default filled in, component params included."""
@@ -361,7 +409,7 @@ def resolve(
             problems += format_validation_errors(e, comp.params, prefix=f"{path}.params")
     if problems:
         raise RecipeError(source, problems)
-    return ResolvedRecipe(recipe, source, text, components, params)
+    return ResolvedRecipe(recipe, source, text, components, params, data=data)
 
 
 def load_recipe(
@@ -379,7 +427,9 @@ def load_recipe(
             raise RecipeError(str(path), e.problems) from None
         overridden.append(".".join(keys))
     try:
-        return resolve(data, registry, str(path), text)
+        resolved = resolve(data, registry, str(path), text)
+        resolved.overrides = list(overrides or [])
+        return resolved
     except RecipeError as e:
         # Say which problems come from --set, not from the file.
         problems = [

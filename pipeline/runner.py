@@ -11,6 +11,7 @@ import platform
 import random
 import secrets
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,21 @@ class RunResult:
     results: dict[str, float]
     steps: int
     device: str
+    perf: dict[str, float]
+
+
+def throughput(ctx: RunContext, start_step: int, seconds: float) -> dict[str, float]:
+    """Training speed of this process's part of the run (a resumed run counts from its
+    checkpoint): generator steps per second and real samples per second (each generator step
+    shows ``n_critic`` batches of real data to D)."""
+    train = ctx.recipe.train
+    steps = max(0, ctx.step - start_step)
+    rate = steps / seconds if seconds > 0 else float("nan")
+    return {
+        "perf/train_time_s": seconds,
+        "perf/steps_per_s": rate,
+        "perf/samples_per_s": rate * train.batch_size * train.n_critic,
+    }
 
 
 def pick_device(requested: str) -> Any:
@@ -112,8 +128,66 @@ def run_tags(resolved: ResolvedRecipe, plugins: Plugins, device: Any) -> dict[st
     if commit:
         tags["mlflow.source.git.commit"] = commit
         tags["git.commit"] = commit
+    if resolved.recipe.experiment.description:
+        tags["mlflow.note.content"] = resolved.recipe.experiment.description
+    if resolved.overrides:
+        tags["gan_pipe.overrides"] = json.dumps(resolved.overrides)
     tags.update(resolved.recipe.experiment.tags)
     return tags
+
+
+def _list_keys(items: list[dict[str, Any]], key_of: Callable[[dict[str, Any]], str]) -> list[str]:
+    """A name per list entry (``parzen``, ``fine_divergences``), indexed only where two
+    entries share one (``hinge#0``, ``hinge#1``)."""
+    names = [key_of(item) for item in items]
+    return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _not_applicable(d: dict[str, Any]) -> set[str]:
+    """Settings that the rest of the recipe makes irrelevant (decay of a constant schedule,
+    stratified-noise settings of normal noise, betas of SGD, ...): not worth a param column."""
+    train, noise = d["train"], d["noise"]
+    drop = set()
+    if train["lr_schedule"] == "constant":
+        drop |= {"train.decay_rate", "train.decay_steps", "train.staircase"}
+    if noise["distribution"] != "stratified":
+        drop |= {"noise.range", "noise.jitter"}
+    optimizers = {train["optimizer"]}
+    for net in ("generator", "discriminator"):
+        optimizers.add(train[net].get("optimizer") or train["optimizer"])
+    if "adam" not in optimizers:
+        drop.add("train.betas")
+    if not optimizers & {"sgd", "rmsprop"}:
+        drop.add("train.momentum")
+    return drop
+
+
+def run_params(resolved_dict: dict[str, Any]) -> dict[str, Any]:
+    """The resolved recipe as MLflow params: flattened, list entries keyed by their component
+    name (``evaluate.metrics.parzen.n_samples``, not ``evaluate.metrics.0.params.n_samples``),
+    unset (None) and inapplicable settings left out."""
+    d = dict(resolved_dict)
+    lists = {
+        "regularizers": (d.pop("regularizers"), lambda r: r["name"]),
+        "report": (d.pop("report"), lambda r: r["name"]),
+        "evaluate.metrics": (
+            d.pop("evaluate")["metrics"],
+            lambda m: (m.get("prefix") or "") + m["name"],
+        ),
+    }
+    params = {k: v for k, v in flatten(d).items() if v is not None}
+    for section, (items, key_of) in lists.items():
+        if not items:
+            continue
+        keys = _list_keys(items, key_of)
+        params[section] = ",".join(keys)
+        for key, item in zip(keys, items, strict=True):
+            for name, value in flatten(item.get("params", {})).items():
+                if value is not None:
+                    params[f"{section}.{key}.{name}"] = value
+    for name in _not_applicable(resolved_dict):
+        params.pop(name, None)
+    return params
 
 
 def new_context(
@@ -130,23 +204,45 @@ def new_context(
     )
 
 
+def recipe_as_run(resolved: ResolvedRecipe) -> str:
+    """The TOML of the recipe that ran: the file itself, or with ``--set`` overrides applied."""
+    if resolved.text and not resolved.overrides:
+        return resolved.text
+    import tomli_w
+
+    header = "".join(f"#   --set {item}\n" for item in resolved.overrides)
+    header = f"# {resolved.source} as run, with these overrides:\n{header}\n" if header else ""
+    return header + tomli_w.dumps(resolved.data or resolved.to_dict())
+
+
 def run(
     resolved: ResolvedRecipe,
     plugins: Plugins,
     on_stage: Callable[[str], None] | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> RunResult:
-    """Run a validated recipe. The MLflow run ends FINISHED, FAILED or KILLED, never open."""
+    """Run a validated recipe. The MLflow run ends FINISHED, FAILED or KILLED, never open.
+
+    ``parent_run_id`` nests the run under another (a study's variant run); ``extra_tags`` are
+    gan-pipe's own tags for it (a study's variant and seed)."""
     recipe = resolved.recipe
     device = pick_device(recipe.experiment.device)  # before the run: a user error writes nothing
     seed_everything(recipe.experiment.seed)
-    run_name = f"{recipe.experiment.name}-{secrets.token_hex(3)}"
-    tracker = Tracker(recipe.experiment.name, run_name, tags=run_tags(resolved, plugins, device))
+    run_name = recipe.experiment.run_name or f"{recipe.experiment.name}-{secrets.token_hex(3)}"
+    tags = run_tags(resolved, plugins, device)
+    tags.update(extra_tags or {})
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    tracker = Tracker(recipe.experiment.name, run_name, tags=tags)
     ctx = new_context(resolved, plugins, tracker, device)
 
     def setup() -> None:
         resolved_dict = resolved.to_dict()
-        tracker.log_params(flatten(resolved_dict))
-        tracker.log_text(resolved.text or json.dumps(resolved_dict, indent=2), "recipe/recipe.toml")
+        tracker.log_params(run_params(resolved_dict))
+        tracker.log_text(recipe_as_run(resolved), "recipe/recipe.toml")
+        if resolved.overrides and resolved.text:
+            tracker.log_text(resolved.text, "recipe/original.toml")
         tracker.log_dict(resolved_dict, "recipe/resolved.json")
 
     return execute(ctx, run_name, setup, on_stage)
@@ -161,6 +257,8 @@ def execute(
     """Run the five stages in ``ctx``'s open MLflow run and close it with the true status."""
     plugins, tracker = ctx.plugins, ctx.tracker
     stage = "setup"
+    started = time.perf_counter()
+    perf: dict[str, float] = {}
     try:
         if setup is not None:
             setup()
@@ -172,7 +270,12 @@ def execute(
             elif stage == "build":
                 plugins.build(ctx)
             elif stage == "train":
+                resume = ctx.state.get("resume")
+                start_step = int(resume["step"]) if resume else 0
+                t0 = time.perf_counter()
                 plugins.train(ctx)
+                perf.update(throughput(ctx, start_step, time.perf_counter() - t0))
+                tracker.log_metrics(perf, ctx.step)
                 plugins.on_train_end(ctx)
             elif stage == "evaluate":
                 results = evaluate(ctx)
@@ -193,6 +296,8 @@ def execute(
             tracker.end("FAILED", error=e)
             e.add_note(f"MLflow run {tracker.run_id} is marked FAILED with this error")
         raise
+    perf["perf/wall_time_s"] = time.perf_counter() - started
+    tracker.log_metrics({"perf/wall_time_s": perf["perf/wall_time_s"]}, ctx.step)
     tracker.end("FINISHED")
     return RunResult(
         run_id=tracker.run_id,
@@ -203,4 +308,5 @@ def execute(
         results=dict(ctx.results),
         steps=ctx.step,
         device=str(ctx.device),
+        perf=perf,
     )

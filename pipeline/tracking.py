@@ -184,6 +184,8 @@ class Tracker:
         self.client, artifact_location = client()
         self.uri = mlflow.get_tracking_uri()
         self._buffer: list[Any] = []
+        #: the newest value logged per metric key by this process (the Metric, with its step)
+        self.latest: dict[str, Any] = {}
         self._pending: list[Any] = []
         self._deferred: list[Callable[[], None]] | None = None
         self._closed = False
@@ -206,7 +208,9 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+        new = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+        self._buffer.extend(new)
+        self.latest.update((m.key, m) for m in new)
         if len(self._buffer) >= MAX_BATCH:
             self.flush(wait=False)
 
@@ -316,23 +320,39 @@ class Tracker:
             local_path = shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
         self._write(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path))
 
-    def log_model(self, model: Any, name: str, input_example: Any = None) -> None:
-        """Log a torch module as an MLflow model (loadable with ``mlflow.pytorch.load_model``)."""
+    def log_model(
+        self, model: Any, name: str, input_example: Any = None, step: int = 0, prefix: str = "eval/"
+    ) -> None:
+        """Log a torch module as an MLflow model (loadable with ``mlflow.pytorch.load_model``)
+        at ``step``, linked to the newest value of every metric under ``prefix`` (the model
+        page shows the run's final metrics)."""
         import mlflow.pytorch
         import torch
+        from mlflow.entities import Metric
 
         from . import __version__
 
-        mlflow.pytorch.log_model(
+        info = mlflow.pytorch.log_model(
             model,
             name=name,
             input_example=input_example,
+            step=int(step),
             # Explicit requirements: inferring them loads the model in a subprocess (slow).
             pip_requirements=[
                 f"torch=={torch.__version__.split('+')[0]}",
                 f"gan-pipe=={__version__}",
             ],
         )
+        # The same (key, value, step, timestamp) again, now with the model's id: the run's
+        # history keeps one point, and the logged model carries the values.
+        linked = [
+            Metric(m.key, m.value, m.timestamp, m.step, model_id=info.model_id)
+            for k, m in self.latest.items()
+            if k.startswith(prefix)
+        ]
+        self.flush(wait=True)
+        for i in range(0, len(linked), MAX_BATCH):
+            self.client.log_batch(self.run_id, metrics=linked[i : i + MAX_BATCH], synchronous=True)
 
     # ------------------------------------------------------------ lifecycle
     def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:

@@ -119,6 +119,6 @@ def _log_generator(ctx: RunContext) -> None:
     gen = ctx.generator.eval().to("cpu")
     try:
         example = ctx.noise(2).cpu().numpy()
-        ctx.tracker.log_model(gen, name="generator", input_example=example)
+        ctx.tracker.log_model(gen, name="generator", input_example=example, step=ctx.step)
     finally:
         ctx.generator.to(ctx.device)

@@ -3,8 +3,10 @@ from MLflow with its own client."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -159,7 +161,12 @@ def test_run_end_to_end_is_tracked(workdir):
     p = run.data.params
     assert p["train.lr"] == "0.001" and p["loss.params.real_label"] == "0.9"
     assert p["model.generator.params.n_blocks"] == "2"  # component defaults are logged too
-    assert p["evaluate.metrics.0.name"] == "parzen"
+    # metric settings keyed by the metric's name; settings that do not apply are left out
+    assert p["evaluate.metrics"] == "parzen" and p["evaluate.metrics.parzen.n_samples"] == "300"
+    assert not any(k.startswith("evaluate.metrics.0") for k in p)
+    assert "train.decay_rate" not in p and "noise.jitter" not in p and "train.momentum" not in p
+    assert "train.epochs" not in p  # unset
+    assert p["train.betas"] == "[0.5, 0.999]"
     t = run.data.tags
     assert t["gan_pipe.version"] == "0.1.0"
     assert t["gan_pipe.component.loss"].startswith(
@@ -205,9 +212,41 @@ def test_run_end_to_end_is_tracked(workdir):
         experiment_ids=[run.info.experiment_id], output_format="list"
     )
     assert [lm.source_run_id for lm in models] == [run_id]
+    # the model carries the run's final metrics, at the final step, without doubling history
+    linked = {m.key: (m.value, m.step) for m in models[0].metrics}
+    assert linked["eval/parzen_ll"] == (m["eval/parzen_ll"], 6)
+    assert len(client.get_metric_history(run_id, "eval/parzen_ll")) == 1
+    # wall time and throughput, consistent with each other
+    assert m["perf/steps_per_s"] == pytest.approx(6 / m["perf/train_time_s"], rel=1e-6)
+    assert m["perf/samples_per_s"] == pytest.approx(32 * m["perf/steps_per_s"], rel=1e-6)
+    assert m["perf/wall_time_s"] > m["perf/train_time_s"] > 0
+    assert "steps/s" in res.output
     gen = mlflow.pytorch.load_model(models[0].model_uri)
     out = gen(torch.rand(4, 8) * 2 - 1)
     assert out.shape == (4, 1, 16, 16)
+
+
+def test_run_name_description_and_overrides_are_recorded(workdir):
+    """Runs can be told apart: the recipe's run name and description, the --set overrides as
+    a tag, and the recipe as run (overrides applied) beside the original file."""
+    text = TINY.replace(
+        "seed = 1", 'seed = 1\nrun_name = "lr-probe"\ndescription = "does a lower lr help?"'
+    )
+    path = write(workdir / "tiny.toml", text)
+    res = runner.invoke(app, ["run", str(path), "--set", "train.lr=1e-3", "--set", "train.steps=2"])
+    assert res.exit_code == 0, res.output
+    run_id = next(line.split()[-1] for line in res.output.splitlines() if "run id:" in line)
+    client = _client(workdir)
+    run = client.get_run(run_id)
+    assert run.info.run_name == "lr-probe"
+    assert run.data.tags["mlflow.note.content"] == "does a lower lr help?"
+    assert json.loads(run.data.tags["gan_pipe.overrides"]) == ["train.lr=1e-3", "train.steps=2"]
+    import tomllib
+
+    got = Path(client.download_artifacts(run_id, "recipe", str(workdir / "got")))
+    as_run = tomllib.loads((got / "recipe.toml").read_text())
+    assert as_run["train"]["lr"] == 1e-3 and as_run["train"]["steps"] == 2
+    assert (got / "original.toml").read_text() == text
 
 
 def test_failing_stage_marks_run_failed(workdir, monkeypatch):
