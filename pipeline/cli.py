@@ -62,12 +62,15 @@ def _stage(name: str) -> None:
     typer.secho(f"[{name}]", fg=typer.colors.CYAN, err=True)
 
 
-def _train(start: Callable[[], Any]) -> Any:
+_INTERRUPTED = "interrupted; the MLflow run is marked KILLED (continue it with gan-pipe resume)"
+
+
+def _train(start: Callable[[], Any], interrupted: str = _INTERRUPTED) -> Any:
     """Run or resume training; map what can happen to messages and exit codes."""
     try:
         return start()
     except KeyboardInterrupt:
-        _err("interrupted; the MLflow run is marked KILLED (continue it with gan-pipe resume)")
+        _err(interrupted)
         raise typer.Exit(130) from None
     except RecipeError as e:
         raise _fail(e) from None
@@ -105,6 +108,74 @@ def run(recipe: RecipeArg, set_: SetOpt = None) -> None:
     result = _train(lambda: run_recipe(resolved, plugins, on_stage=_stage))
 
     _summary(result)
+
+
+@app.command()
+def sweep(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="recipe files, or one study file (studies/*.toml)", show_default=False),
+    ],
+    seeds: Annotated[
+        str | None,
+        typer.Option("--seeds", help="20 (seeds 0-19), 0-19, 1,5,7 or 0-4,10 [default: 5]"),
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid", "-g", help="KEY=V1,V2: one variant per value (repeatable: all combinations)"
+        ),
+    ] = None,
+    set_: SetOpt = None,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", min=1, help="seed runs at once [default: 1]")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="study name (default: from the file or recipes)")
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="MLflow experiment for the whole study")
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", "-m", help="aggregate and show only these eval metrics"),
+    ] = None,
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (process pool) or ray")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (default: start one)")
+    ] = None,
+    gpus_per_run: Annotated[
+        float, typer.Option("--gpus-per-run", min=0, help="GPUs per seed run (Ray)")
+    ] = 0.0,
+    cpus_per_run: Annotated[
+        float,
+        typer.Option("--cpus-per-run", min=0.1, help="CPUs (torch threads) per seed run (Ray)"),
+    ] = 1.0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="show what would run, run nothing")
+    ] = False,
+) -> None:
+    """Run a study: recipes and/or a grid of overrides, each over N seeds, as one MLflow tree.
+
+    One parent run per study, one nested run per variant with the mean, std, n and 95% interval of every final metric over its seeds, and the seed runs under it. Running the same study again skips finished seeds, re-runs failed or killed ones and adds new seeds or grid values.
+    """  # noqa: E501
+    from .study_cli import build_spec, print_study
+    from .sweep import Options, run_study
+
+    try:
+        spec = build_spec(paths, seeds, grid, set_, jobs, name, experiment, metric)
+        plugins_ = _plugins()
+        opts = Options(executor, spec.jobs, address, gpus_per_run, cpus_per_run, dry_run)
+        result = _train(
+            lambda: run_study(spec, plugins_, opts, echo=lambda m: typer.echo(m, err=True)),
+            interrupted="interrupted; the study and its unfinished runs are marked KILLED. Run "
+            "the same sweep again to finish it: finished seeds are kept and skipped",
+        )
+    except UserError as e:
+        raise _fail(e) from None
+    print_study(result)
 
 
 def _summary(result) -> None:

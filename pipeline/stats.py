@@ -96,7 +96,8 @@ def rate(k: int, n: int, confidence: float = 0.95) -> Summary:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if k == 0 else max(0.0, centre - half)  # exact ends, not rounding noise
+    hi = 1.0 if k == n else min(1.0, centre + half)
     return Summary(p, math.sqrt(p * (1 - p) / n), n, lo, hi, confidence, 0, k)
 
 

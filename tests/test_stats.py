@@ -66,3 +66,10 @@ def test_overlap():
     assert not overlap(a, b)
     assert overlap(a, summarize([0.05, 0.15, 0.1]))
     assert overlap(a, summarize([7.0]))  # no interval: nothing can be claimed
+
+
+@pytest.mark.parametrize("k,n", [(0, 20), (1, 29), (7, 40), (20, 20), (81, 263), (3, 5)])
+def test_wilson_interval_equals_scipy_binomtest(k, n):
+    ci = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+    r = rate(k, n)
+    assert (r.lo, r.hi) == (pytest.approx(ci.low, abs=1e-12), pytest.approx(ci.high, abs=1e-12))

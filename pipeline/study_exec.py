@@ -1,0 +1,181 @@
+"""Running a study's seed runs: in this process, in a local process pool, or as Ray tasks.
+
+The same function, :func:`run_seed`, runs one seed in every case; the engines only decide
+where. No scheduler of our own: ``concurrent.futures`` locally, Ray on a cluster.
+
+Every worker logs to the same tracking URI. The store (and the experiment) are created once
+by the study before any worker starts (an sqlite store's schema migration races otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class SeedTask:
+    """Everything a worker needs, as plain data (it may run on another machine)."""
+
+    recipe_name: str  # the file's name, for messages and the run's recipe tag
+    recipe_source: str  # the path the study read it from
+    recipe_text: str
+    overrides: tuple[str, ...]
+    seed: int
+    label: str
+    parent_run_id: str
+    tags: tuple[tuple[str, str], ...]
+    tracking_uri: str
+    threads: int
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class SeedOutcome:
+    label: str
+    seed: int
+    status: str  # FINISHED, FAILED, KILLED
+    run_id: str | None
+    error: str = ""
+
+
+def run_seed(task: SeedTask) -> SeedOutcome:
+    """Run one seed of one variant; never raises for a failed run (it is recorded FAILED)."""
+    import torch
+
+    from .facade import Plugins
+    from .manager import load_plugins
+    from .recipe import load_recipe
+    from .runner import run
+
+    os.environ["MLFLOW_TRACKING_URI"] = task.tracking_uri
+    torch.set_num_threads(max(1, task.threads))
+    from .study import toml_value
+
+    overrides = [
+        *task.overrides,
+        f"experiment.seed={task.seed}",
+        f"experiment.run_name={toml_value(f'{task.label} · seed {task.seed}')}",
+        f"train.progress={toml_value(task.progress)}",
+    ]
+    try:
+        plugins = Plugins(load_plugins())
+        with tempfile.TemporaryDirectory(prefix="gan-pipe-seed-") as tmp:
+            path = Path(tmp) / task.recipe_name
+            path.write_text(task.recipe_text, encoding="utf-8")
+            resolved = load_recipe(path, plugins.registry, overrides)
+        resolved.source = task.recipe_source
+        result = run(
+            resolved, plugins, parent_run_id=task.parent_run_id, extra_tags=dict(task.tags)
+        )
+        return SeedOutcome(task.label, task.seed, "FINISHED", result.run_id)
+    except Exception as e:  # noqa: BLE001 - the run is marked FAILED; the study goes on
+        note = "".join(traceback.format_exception_only(type(e), e)).strip()
+        return SeedOutcome(task.label, task.seed, "FAILED", _failed_run_id(e), note)
+
+
+def _failed_run_id(e: BaseException) -> str | None:
+    for note in getattr(e, "__notes__", []):
+        if note.startswith("MLflow run "):
+            return note.split()[2]
+    return None
+
+
+def _init_worker(threads: int) -> None:
+    import signal
+
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    # Ctrl-C goes to the whole process group: the study decides, workers finish their
+    # bookkeeping (the runner marks an interrupted run KILLED) when told to stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# ------------------------------------------------------------------ engines
+def threads_per_job(jobs: int) -> int:
+    """Cores shared out between ``jobs`` processes, so N jobs do not oversubscribe them."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+def run_local(tasks: list[SeedTask], jobs: int) -> Iterator[SeedOutcome]:
+    """Outcomes as they complete: in this process for one job, else a spawn process pool."""
+    if jobs <= 1:
+        for task in tasks:
+            yield run_seed(task)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(tasks[0].threads if tasks else 1,),
+    )
+    futures = {pool.submit(run_seed, t): t for t in tasks}
+    try:
+        for fut in as_completed(futures):
+            yield _outcome(fut, futures[fut])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _outcome(fut: Any, task: SeedTask) -> SeedOutcome:
+    try:
+        return fut.result()
+    except Exception as e:  # noqa: BLE001 - a worker that died (killed, out of memory)
+        return SeedOutcome(task.label, task.seed, "FAILED", None, f"worker died: {e!r}")
+
+
+def run_ray(
+    tasks: list[SeedTask],
+    address: str | None,
+    gpus_per_run: float,
+    cpus_per_run: float,
+) -> Iterator[SeedOutcome]:
+    """Seed runs as Ray tasks on an existing cluster (``address``) or a local Ray instance.
+    gan-pipe and the study's plugins must be installed where the tasks run, and the tracking
+    URI must be reachable from there (an ``mlflow server``, not a local sqlite file, on a
+    multi-machine cluster)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(
+            "--executor ray needs Ray: pip install 'gan-pipe[ray]' (or pip install ray)"
+        ) from None
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"address": address} if address else {}
+        ray.init(log_to_driver=False, include_dashboard=False, **kwargs)
+    remote = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(run_seed)
+    refs = {remote.remote(t): t for t in tasks}
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                try:
+                    yield ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - a task whose worker died
+                    t = refs[ref]
+                    yield SeedOutcome(t.label, t.seed, "FAILED", None, f"Ray task failed: {e}")
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+
+
+def engine(
+    executor: str, jobs: int, address: str | None, gpus_per_run: float, cpus_per_run: float
+) -> Callable[[list[SeedTask]], Iterator[SeedOutcome]]:
+    if executor == "local":
+        return lambda tasks: run_local(tasks, jobs)
+    if executor == "ray":
+        return lambda tasks: run_ray(tasks, address, gpus_per_run, cpus_per_run)
+    raise UserError(f"--executor {executor!r}: expected 'local' or 'ray'")
