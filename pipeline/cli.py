@@ -176,6 +176,8 @@ def sweep(
     except UserError as e:
         raise _fail(e) from None
     print_study(result)
+    if result.counts["FINISHED"] < sum(result.counts.values()):
+        raise typer.Exit(1)  # scripts see that some seed runs failed
 
 
 def _summary(result) -> None:

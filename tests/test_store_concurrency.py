@@ -41,7 +41,7 @@ def test_concurrent_first_runs_in_a_fresh_directory_all_succeed(tmp_path):
         for _ in range(5)
     ]
     outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert len({out.strip() for out, _ in outs}) == 1  # one experiment, shared
 

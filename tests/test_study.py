@@ -1,0 +1,232 @@
+"""Studies: planning (seeds, grid, study files), and a real study read back from MLflow with
+its aggregates recomputed independently (scipy) from the seed runs' own metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from gan_pipe.cli import app
+from gan_pipe.errors import RecipeError
+from gan_pipe.study import parse_grid_item, parse_seeds
+
+from .conftest import write
+
+runner = CliRunner()
+
+TINY = """
+[experiment]
+name = "tiny-ring"
+
+[data]
+name = "ring8"
+[data.params]
+n_train = 2000
+n_val = 200
+n_test = 500
+
+[model.generator]
+name = "mlp"
+[model.generator.params]
+hidden = [16]
+
+[model.discriminator]
+name = "mlp"
+[model.discriminator.params]
+hidden = [16]
+
+[loss]
+name = "non-saturating"
+
+[train]
+steps = 12
+batch_size = 64
+log_every = 4
+sample_every = 12
+
+[[evaluate.metrics]]
+name = "modes"
+[evaluate.metrics.params]
+n_samples = 300
+
+[success.some_modes]
+modes = {min = 1}
+"""
+
+
+@pytest.mark.parametrize(
+    "spec,seeds",
+    [
+        (3, [0, 1, 2]),
+        ("3", [0, 1, 2]),
+        ("0-2", [0, 1, 2]),
+        ("5,1,1", [1, 5]),
+        ("0-1,7", [0, 1, 7]),
+        ([4, 2], [2, 4]),
+    ],
+)
+def test_seed_specs(spec, seeds):
+    assert parse_seeds(spec) == seeds
+
+
+@pytest.mark.parametrize("bad", [0, "", "3-1", "a", "1,,2", [], [-1], True])
+def test_bad_seed_specs(bad):
+    with pytest.raises(ValueError):
+        parse_seeds(bad)
+
+
+def test_grid_values_are_toml_with_bare_words_as_strings():
+    assert parse_grid_item("train.lr=1e-4, 2e-4") == ("train.lr", [1e-4, 2e-4])
+    assert parse_grid_item("loss.name=non-saturating,hinge") == (
+        "loss.name",
+        ["non-saturating", "hinge"],
+    )
+    assert parse_grid_item("train.betas=[0.5,0.9],[0.0,0.9]")[1] == [[0.5, 0.9], [0.0, 0.9]]
+    for bad in ("train.lr", "=1,2", "train.lr=1,,2"):
+        with pytest.raises(RecipeError):
+            parse_grid_item(bad)
+
+
+def test_bad_grid_key_writes_nothing(workdir):
+    path = write(workdir / "tiny.toml", TINY)
+    res = runner.invoke(app, ["sweep", str(path), "--grid", "train.lrr=1e-3,1e-4", "--seeds", "2"])
+    assert res.exit_code == 2
+    assert "train.lrr" in res.output and "train.lr" in res.output  # the close match
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_study_file_with_relative_recipes_and_flags(workdir):
+    from gan_pipe.study_cli import build_spec
+
+    (workdir / "recipes").mkdir()
+    write(workdir / "recipes" / "tiny.toml", TINY)
+    (workdir / "studies").mkdir()
+    study = write(
+        workdir / "studies" / "probe.toml",
+        'recipes = ["../recipes/tiny.toml"]\nseeds = "0-3"\n[grid]\n"train.lr" = [1e-3, 1e-4]\n'
+        '[set]\n"train.steps" = 5\n[success.many]\nmodes = {min = 6}\n',
+    )
+    spec = build_spec(
+        [study],
+        "0-1",
+        ["loss.name=hinge,non-saturating"],
+        ["train.log_every=5"],
+        2,
+        None,
+        None,
+        None,
+    )
+    assert spec.name == "probe" and spec.seeds == [0, 1] and spec.jobs == 2
+    assert spec.recipes == [str((workdir / "recipes" / "tiny.toml").resolve())]
+    assert spec.grid == {"train.lr": [1e-3, 1e-4], "loss.name": ["hinge", "non-saturating"]}
+    assert spec.set == {"train.steps": 5, "train.log_every": 5}
+    assert len(spec.grid_points()) == 4
+    assert spec.success["many"]["modes"].min == 6
+
+
+def _tree(workdir):
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("tiny-ring")
+    runs = c.search_runs([exp.experiment_id], max_results=500)
+    kind = {
+        k: [r for r in runs if r.data.tags.get("gan_pipe.kind") == k]
+        for k in ("study", "variant", "seed")
+    }
+    return c, kind
+
+
+@pytest.mark.slow
+def test_study_tree_aggregates_resume_and_extend(workdir):
+    path = write(workdir / "tiny.toml", TINY)
+    args = ["sweep", str(path), "--grid", "train.lr=1e-3,3e-2", "--jobs", "2", "--name", "probe"]
+    res = runner.invoke(app, [*args, "--seeds", "0-2"])
+    assert res.exit_code == 0, res.output
+    c, kind = _tree(workdir)
+    (study,) = kind["study"]
+    assert study.info.status == "FINISHED" and study.data.tags["gan_pipe.study"] == "probe"
+    assert (
+        study.data.metrics["study/n_finished"] == 6 and study.data.metrics["study/n_variants"] == 2
+    )
+    assert len(kind["variant"]) == 2 and len(kind["seed"]) == 6
+    variants = {v.info.run_id: v for v in kind["variant"]}
+    for v in variants.values():  # one expandable tree: variants under the study ...
+        assert v.data.tags["mlflow.parentRunId"] == study.info.run_id
+        assert v.info.status == "FINISHED"
+        assert "experiment.seed" not in v.data.params and v.data.params["train.steps"] == "12"
+    for s in kind["seed"]:  # ... and seeds under their variant
+        assert s.data.tags["mlflow.parentRunId"] in variants
+        assert s.info.status == "FINISHED"
+    lrs = sorted(v.data.params["train.lr"] for v in variants.values())
+    assert lrs == ["0.001", "0.03"]
+
+    # every aggregate recomputed independently from the seed runs
+    for vid, v in variants.items():
+        seeds = [s for s in kind["seed"] if s.data.tags["mlflow.parentRunId"] == vid]
+        assert sorted(int(s.data.tags["gan_pipe.seed"]) for s in seeds) == [0, 1, 2]
+        for key in ("eval/modes", "eval/modes_kl", "eval/hq_fraction", "perf/steps_per_s"):
+            x = np.array([s.data.metrics[key] for s in seeds])
+            m = v.data.metrics
+            assert m[key] == pytest.approx(x.mean(), rel=1e-9, abs=1e-12)
+            assert m[f"{key}.n"] == 3
+            assert m[f"{key}.std"] == pytest.approx(x.std(ddof=1), rel=1e-9, abs=1e-12)
+            if x.std() > 0:
+                lo, hi = stats.t.interval(0.95, 2, loc=x.mean(), scale=stats.sem(x))
+                assert (m[f"{key}.ci95_lo"], m[f"{key}.ci95_hi"]) == (
+                    pytest.approx(lo),
+                    pytest.approx(hi),
+                )
+        k = sum(s.data.metrics["eval/modes"] >= 1 for s in seeds)
+        ci = stats.binomtest(k, 3).proportion_ci(method="wilson")
+        assert v.data.metrics["rate/some_modes"] == pytest.approx(k / 3)
+        assert v.data.metrics["rate/some_modes.ci95_lo"] == pytest.approx(ci.low)
+        assert v.data.metrics["rate/some_modes.ci95_hi"] == pytest.approx(ci.high)
+        # the mean training curve, step by step
+        hist = {m.step: m.value for m in c.get_metric_history(vid, "train/d_loss")}
+        per_seed = [
+            {m.step: m.value for m in c.get_metric_history(s.info.run_id, "train/d_loss")}
+            for s in seeds
+        ]
+        assert sorted(hist) == [4, 8, 12]
+        for step, value in hist.items():
+            assert value == pytest.approx(np.mean([h[step] for h in per_seed]))
+
+    # a killed seed is run again, finished ones are kept, a new seed is added
+    victim = kind["seed"][0]
+    c.set_terminated(victim.info.run_id, status="KILLED")
+    res = runner.invoke(app, [*args, "--seeds", "0-3"])
+    assert res.exit_code == 0, res.output
+    assert "6 finished before" not in res.output and "5 finished before, 3 to run" in res.output
+    c, kind = _tree(workdir)
+    assert len(kind["study"]) == 1 and len(kind["variant"]) == 2
+    assert len(kind["seed"]) == 9  # 6 + the re-run + 2 new
+    (study,) = kind["study"]
+    assert study.data.metrics["study/n_finished"] == 8
+    assert json.loads(json.dumps(study.data.tags["gan_pipe.seeds"])) == "0-3"
+    for v in kind["variant"]:
+        assert v.data.metrics["eval/modes.n"] == 4
+
+
+@pytest.mark.slow
+def test_a_failing_variant_is_recorded_and_does_not_stop_the_others(workdir):
+    path = write(workdir / "tiny.toml", TINY)
+    # batch 5000 > 2000 training rows: those runs fail in the train stage
+    res = runner.invoke(
+        app, ["sweep", str(path), "--grid", "train.batch_size=64,5000", "--seeds", "2"]
+    )
+    assert res.exit_code == 1, res.output
+    assert "FAILED" in res.output and "2 finished, 2 failed" in res.output
+    c, kind = _tree(workdir)
+    (study,) = kind["study"]
+    assert study.info.status == "FAILED"
+    assert study.data.metrics["study/n_failed"] == 2 and study.data.metrics["study/n_finished"] == 2
+    by_status = sorted(s.info.status for s in kind["seed"])
+    assert by_status == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
+    bad = next(v for v in kind["variant"] if v.data.params["train.batch_size"] == "5000")
+    assert bad.info.status == "FAILED" and bad.data.metrics["seeds/n_failed"] == 2
+    assert "eval/modes" not in bad.data.metrics
