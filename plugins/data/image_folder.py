@@ -267,9 +267,9 @@ def _load_cached(stem: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, list[s
     return arr, list(meta.get("skipped", []))
 
 
-def _save_cached(stem: Path, images: np.ndarray, skipped: list[str], root: Path) -> None:
+def _save_cached(stem: Path, images: np.ndarray, skipped: list[str], root: Path) -> bool:
     """Write ``<stem>.npy`` then ``<stem>.json``, each through a temporary file renamed into place
-    (the .json is what marks the entry complete). A failure only warns: the run goes on."""
+    (the .json is what marks the entry complete). A failure only warns (False): the run goes on."""
     import numpy as np
 
     try:
@@ -292,6 +292,8 @@ def _save_cached(stem: Path, images: np.ndarray, skipped: list[str], root: Path)
                 Path(tmp).unlink(missing_ok=True)
     except OSError as e:
         print(f"image-folder: could not write the cache {stem}.npy: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- dataset
@@ -343,19 +345,20 @@ def load_image_folder(params: ImageFolderParams) -> Dataset:
         files = files[: params.max_images]
 
     shape = (params.channels, params.image_size, params.image_size)
-    cached = None
+    cached, cache_state = None, "off"
     if params.cache:
         base = Path(params.cache_dir).expanduser() if params.cache_dir else default_cache_dir()
         stem = base / "image-folder" / cache_key(root, files, params)
         cached = _load_cached(stem, shape)
     if cached is not None:
         images, skipped = cached
+        cache_state = "hit"
     else:
         images, skipped = decode_all(
             root, files, params.image_size, params.channels, params.skip_corrupt
         )
         if params.cache:
-            _save_cached(stem, images, skipped, root)
+            cache_state = "written" if _save_cached(stem, images, skipped, root) else "failed"
     n = len(images)
     n_val, n_test = split_sizes(n, params.val_fraction, params.test_fraction)
     if n - n_val - n_test < 1:
@@ -389,7 +392,7 @@ def load_image_folder(params: ImageFolderParams) -> Dataset:
             "n_val": len(val_idx),
             "n_test": len(test_idx),
             "split_seed": params.split_seed,
-            "cache": "hit" if cached is not None else ("written" if params.cache else "off"),
+            "cache": cache_state,
         },
     )
 

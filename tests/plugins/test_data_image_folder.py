@@ -330,3 +330,13 @@ def test_tiny_run_over_a_folder_through_the_cli(workdir):
     assert run.data.params["data.name"] == "image-folder"
     assert np.isfinite(run.data.metrics["eval/parzen_ll"])
     assert run.data.metrics["eval/parzen_n_test"] == 8
+
+
+def test_unwritable_cache_only_warns(tmp_path, capsys):
+    solid(tmp_path / "imgs" / "a.png", GREY, size=(4, 4))
+    (tmp_path / "blocker").write_text("a file where the cache directory should be")
+    ds = load_image_folder(
+        params(tmp_path / "imgs", image_size=4, cache=True, cache_dir=str(tmp_path / "blocker"))
+    )
+    assert len(ds.train) == 1 and ds.info["cache"] == "failed"
+    assert "could not write the cache" in capsys.readouterr().err
