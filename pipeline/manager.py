@@ -34,6 +34,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gan_pipe.plugins.stages",
     "gan_pipe.plugins.data.digits",
     "gan_pipe.plugins.data.idx",
+    "gan_pipe.plugins.data.image_folder",
+    "gan_pipe.plugins.data.cifar10",
     "gan_pipe.plugins.data.synthetic",
     "gan_pipe.plugins.models.dcgan",
     "gan_pipe.plugins.models.mlp",

@@ -1,7 +1,9 @@
 """Every shipped recipe validates with its real sizes and runs end to end at a tiny size.
 
 Only sizes are shrunk (steps, batch, sample counts); architecture, loss, optimiser and noise
-stay as written. MNIST recipes read small IDX files this test writes, through the real loader.
+stay as written. MNIST recipes read small IDX files this test writes, through the real loader;
+the CelebA recipe a folder of generated PNG/JPEG images and the CIFAR-10 recipe generated
+binary batch files, at the recipe's own image size.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ EXPECTED = {
     "gaussian-1d-mbd",
     "dcgan",
     "dcgan-mnist",
+    "dcgan-celeba",
+    "dcgan-cifar10",
     "wgan",
     "wgan-gp",
     "feature-matching",
@@ -83,6 +87,22 @@ def test_seed_settings_are_in_the_files():
     assert r["dcgan-mnist"].recipe.noise.dim == 20
 
 
+def test_dcgan_paper_settings_in_the_celeba_and_cifar10_recipes():
+    reg = Plugins(load_plugins(entry_points=False)).registry
+    for stem, size, blocks in (("dcgan-celeba", 64, 4), ("dcgan-cifar10", 32, 3)):
+        r = load_recipe(RECIPES / f"{stem}.toml", reg)
+        t = r.recipe.train
+        assert (t.optimizer, t.lr, t.betas, t.batch_size) == ("adam", 2e-4, (0.5, 0.999), 128)
+        assert (r.recipe.noise.distribution, r.recipe.noise.dim) == ("uniform", 100)
+        for role in ("generator", "discriminator"):
+            p = r.params[f"model.{role}"]
+            assert (p.init, p.negative_slope, p.n_blocks) == ("dcgan", 0.2, blocks)
+        assert r.params["model.generator"].output == "tanh"
+        # the generator starts at 4x4, as the paper's
+        assert size // 2**blocks == 4
+    assert load_recipe(RECIPES / "dcgan-celeba.toml", reg).params["data"].image_size == 64
+
+
 def _idx(path, arr, code=0x08):
     header = struct.pack(">BBBB", 0, 0, code, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
     with gzip.open(path, "wb") as f:
@@ -99,7 +119,49 @@ def mnist_dir(tmp_path_factory):
     return d
 
 
-def shrink(data: dict, mnist_dir) -> dict:
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """A CelebA-like folder: 24 random JPEG/PNG images of assorted sizes, portrait and wide."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        w, h = (int(s) for s in rng.integers(64, 110, 2))
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(img).save(d / f"{i:06d}.{'jpg' if i % 3 else 'png'}")
+    return d
+
+
+#: Records per generated CIFAR-10 batch file.
+CIFAR_RECORDS = 16
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    """The six CIFAR-10 binary batch files with CIFAR_RECORDS random records each."""
+    d = tmp_path_factory.mktemp("cifar10") / "cifar-10-batches-bin"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    for name in names:
+        records = np.concatenate(
+            [
+                rng.integers(0, 10, (CIFAR_RECORDS, 1), dtype=np.uint8),
+                rng.integers(0, 256, (CIFAR_RECORDS, 3072), dtype=np.uint8),
+            ],
+            axis=1,
+        )
+        (d / name).write_bytes(records.tobytes())
+    return d
+
+
+@pytest.fixture(scope="module")
+def data_dirs(mnist_dir, image_dir, cifar_dir):
+    return {"mnist": mnist_dir, "image-folder": image_dir, "cifar10": cifar_dir}
+
+
+def shrink(data: dict, dirs) -> dict:
     """Tiny sizes; nothing else changes."""
     t = data.setdefault("train", {})
     t.update(steps=2, batch_size=min(t.get("batch_size", 128), 16), progress=False, eval_every=0)
@@ -119,15 +181,21 @@ def shrink(data: dict, mnist_dir) -> dict:
             r.setdefault("params", {}).update(n=16, n_points=200)
     dp = data["data"].setdefault("params", {})
     if data["data"]["name"] in ("mnist", "fashion-mnist"):
-        dp.update(data_dir=str(mnist_dir), download=False, val_size=32)
+        dp.update(data_dir=str(dirs["mnist"]), download=False, val_size=32)
+    elif data["data"]["name"] == "image-folder":
+        dp.update(path=str(dirs["image-folder"]), cache=False)
+    elif data["data"]["name"] == "cifar10":
+        dp.update(
+            data_dir=str(dirs["cifar10"]), download=False, val_size=16, batch_records=CIFAR_RECORDS
+        )
     elif data["data"]["name"] in ("gaussian-1d", "ring8", "grid25"):
         dp.update(n_train=2000, n_val=200, n_test=500)
     return data
 
 
 @pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: p.stem)
-def test_recipe_runs_tiny(path, workdir, mnist_dir):
-    data = shrink(tomllib.loads(path.read_text()), mnist_dir)
+def test_recipe_runs_tiny(path, workdir, data_dirs):
+    data = shrink(tomllib.loads(path.read_text()), data_dirs)
     tiny = workdir / path.name
     tiny.write_text(tomli_w.dumps(data))
     res = runner.invoke(app, ["run", str(tiny)])
