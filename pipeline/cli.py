@@ -175,6 +175,8 @@ def sweep(
         )
     except UserError as e:
         raise _fail(e) from None
+    if dry_run:
+        return
     print_study(result)
     if result.counts["FINISHED"] < sum(result.counts.values()):
         raise typer.Exit(1)  # scripts see that some seed runs failed

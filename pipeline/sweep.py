@@ -227,31 +227,29 @@ def run_study(
     experiment, variants = plan_variants(spec, plugins.registry)
     client, artifact_location = tracking_client()
     uri = mlflow.get_tracking_uri()
-    exp_id = get_or_create_experiment(client, experiment, artifact_location)
+    if opts.dry_run:
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else None
+    else:
+        exp_id = get_or_create_experiment(client, experiment, artifact_location)
     with study_lock(uri, spec.name):
         return _run_locked(spec, variants, client, uri, experiment, exp_id, opts, echo)
 
 
 def _run_locked(spec, variants, client, uri, experiment, exp_id, opts, echo) -> StudyResult:
+    if opts.dry_run:
+        return _dry_run(spec, variants, client, uri, experiment, exp_id, echo)
     parent = study_run(client, exp_id, spec)
     parent_id = parent.info.run_id
     vruns = {v.key: variant_run(client, exp_id, parent_id, spec, v) for v in variants}
     variant_ids = {k: r.info.run_id for k, r in vruns.items()}
     newest = newest_seed_runs(client, exp_id, parent_id)
-    todo = [(v, s) for v in variants for s in spec.seeds if _status(newest, v, s) != DONE]
+    todo = _todo(spec, variants, newest)
     skipped = len(variants) * len(spec.seeds) - len(todo)
-    echo(
-        f"study {spec.name!r} in experiment {experiment!r}: {len(variants)} variant(s) x "
-        f"{len(spec.seeds)} seed(s); {skipped} finished before, {len(todo)} to run"
-    )
+    echo(_plan_line(spec, experiment, variants, skipped, todo))
     for (key, _seed), r in newest.items():  # a RUNNING seed run here was left by a killed study
         if r.info.status == "RUNNING" and key in variant_ids:
             client.set_terminated(r.info.run_id, status="KILLED")
-    if opts.dry_run:
-        for v, s in todo:
-            echo(f"  would run: {v.label} seed {s}")
-        _close(client, [parent_id, *variant_ids.values()], "FINISHED" if not todo else "KILLED")
-        return _result(spec, parent_id, experiment, exp_id, uri, [], Counter(), skipped, 0)
     tasks = seed_tasks(spec, variants, variant_ids, parent_id, todo, uri, opts)
     run = engine(opts.executor, opts.jobs, opts.address, opts.gpus_per_run, opts.cpus_per_run)
     try:
@@ -271,6 +269,31 @@ def _run_locked(spec, variants, client, uri, experiment, exp_id, opts, echo) -> 
         skipped,
         len(tasks),
         echo,
+    )
+
+
+def _dry_run(spec, variants, client, uri, experiment, exp_id, echo) -> StudyResult:
+    """What a sweep would run, from the store as it is; writes nothing."""
+    filt = f"tags.{TAG_KIND} = 'study' and tags.{TAG_STUDY} = {_quote(spec.name)}"
+    found = all_runs(client, [exp_id], filt) if exp_id else []
+    parent_id = max(found, key=lambda r: r.info.start_time or 0).info.run_id if found else ""
+    newest = newest_seed_runs(client, exp_id, parent_id) if parent_id else {}
+    todo = _todo(spec, variants, newest)
+    skipped = len(variants) * len(spec.seeds) - len(todo)
+    echo(_plan_line(spec, experiment, variants, skipped, todo) + " (dry run: no run is written)")
+    for v, s in todo:
+        echo(f"  would run: {v.label} seed {s}")
+    return _result(spec, parent_id, experiment, exp_id or "", uri, [], Counter(), skipped, 0)
+
+
+def _todo(spec: StudySpec, variants: list[Variant], newest: dict) -> list[tuple[Variant, int]]:
+    return [(v, s) for v in variants for s in spec.seeds if _status(newest, v, s) != DONE]
+
+
+def _plan_line(spec, experiment, variants, skipped, todo) -> str:
+    return (
+        f"study {spec.name!r} in experiment {experiment!r}: {len(variants)} variant(s) x "
+        f"{len(spec.seeds)} seed(s); {skipped} finished before, {len(todo)} to run"
     )
 
 

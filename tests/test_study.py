@@ -230,3 +230,17 @@ def test_a_failing_variant_is_recorded_and_does_not_stop_the_others(workdir):
     bad = next(v for v in kind["variant"] if v.data.params["train.batch_size"] == "5000")
     assert bad.info.status == "FAILED" and bad.data.metrics["seeds/n_failed"] == 2
     assert "eval/modes" not in bad.data.metrics
+
+
+def test_dry_run_lists_the_plan_and_writes_no_run(workdir):
+    path = write(workdir / "tiny.toml", TINY)
+    res = runner.invoke(
+        app, ["sweep", str(path), "--grid", "train.lr=1e-3,1e-4", "--seeds", "0,5", "--dry-run"]
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output.count("would run:") == 4
+    assert "tiny train.lr=0.0001 seed 5" in res.output
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert c.get_experiment_by_name("tiny-ring") is None
