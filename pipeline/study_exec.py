@@ -145,12 +145,7 @@ def run_ray(
     gan-pipe and the study's plugins must be installed where the tasks run, and the tracking
     URI must be reachable from there (an ``mlflow server``, not a local sqlite file, on a
     multi-machine cluster)."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError(
-            "--executor ray needs Ray: pip install 'gan-pipe[ray]' (or pip install ray)"
-        ) from None
+    ray = _import_ray()
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"address": address} if address else {}
         ray.init(log_to_driver=False, include_dashboard=False, **kwargs)
@@ -171,11 +166,23 @@ def run_ray(
             ray.cancel(ref)
 
 
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError(
+            "--executor ray needs Ray: pip install 'gan-pipe[ray]' (or pip install ray)"
+        ) from None
+    return ray
+
+
 def engine(
     executor: str, jobs: int, address: str | None, gpus_per_run: float, cpus_per_run: float
 ) -> Callable[[list[SeedTask]], Iterator[SeedOutcome]]:
+    """The engine that runs seed tasks; checked before the study writes anything."""
     if executor == "local":
         return lambda tasks: run_local(tasks, jobs)
     if executor == "ray":
+        _import_ray()
         return lambda tasks: run_ray(tasks, address, gpus_per_run, cpus_per_run)
     raise UserError(f"--executor {executor!r}: expected 'local' or 'ray'")

@@ -239,6 +239,7 @@ def run_study(
 def _run_locked(spec, variants, client, uri, experiment, exp_id, opts, echo) -> StudyResult:
     if opts.dry_run:
         return _dry_run(spec, variants, client, uri, experiment, exp_id, echo)
+    run = engine(opts.executor, opts.jobs, opts.address, opts.gpus_per_run, opts.cpus_per_run)
     parent = study_run(client, exp_id, spec)
     parent_id = parent.info.run_id
     vruns = {v.key: variant_run(client, exp_id, parent_id, spec, v) for v in variants}
@@ -251,7 +252,6 @@ def _run_locked(spec, variants, client, uri, experiment, exp_id, opts, echo) -> 
         if r.info.status == "RUNNING" and key in variant_ids:
             client.set_terminated(r.info.run_id, status="KILLED")
     tasks = seed_tasks(spec, variants, variant_ids, parent_id, todo, uri, opts)
-    run = engine(opts.executor, opts.jobs, opts.address, opts.gpus_per_run, opts.cpus_per_run)
     try:
         _follow(run(tasks), len(tasks), echo)
     except KeyboardInterrupt:
