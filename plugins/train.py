@@ -61,20 +61,24 @@ def make_schedule(opt: torch.optim.Optimizer, train: Any) -> torch.optim.lr_sche
 
 
 class BatchSampler:
-    """Endless shuffled batches from a device-resident tensor (drop_last per epoch)."""
+    """Endless shuffled batches from a device-resident tensor (drop_last per epoch), or, with
+    ``replacement``, batches of rows drawn uniformly with replacement."""
 
-    def __init__(self, data: torch.Tensor, batch_size: int):
+    def __init__(self, data: torch.Tensor, batch_size: int, replacement: bool = False):
         if len(data) < batch_size:
             raise ValueError(
                 f"train.batch_size = {batch_size} is larger than the training set "
                 f"({len(data)} rows)"
             )
-        self.data, self.batch_size = data, batch_size
+        self.data, self.batch_size, self.replacement = data, batch_size, replacement
         self.per_epoch = len(data) // batch_size
         self._perm = torch.empty(0, dtype=torch.long, device=data.device)
         self._i = self.per_epoch
 
     def next(self) -> torch.Tensor:
+        if self.replacement:
+            idx = torch.randint(len(self.data), (self.batch_size,), device=self.data.device)
+            return self.data.index_select(0, idx)
         if self._i >= self.per_epoch:
             self._perm = torch.randperm(len(self.data), device=self.data.device)
             self._i = 0
@@ -106,7 +110,9 @@ class Trainer:
         )
         self.device = ctx.device
         self.data = ctx.dataset.train.to(self.device, non_blocking=True)
-        self.sampler = BatchSampler(self.data, self.cfg.batch_size)
+        self.sampler = BatchSampler(
+            self.data, self.cfg.batch_size, replacement=self.cfg.sampling == "replacement"
+        )
         self.opt_g = make_optimizer(self.G.parameters(), self.cfg.optimizer_for("generator"))
         self.opt_d = make_optimizer(self.D.parameters(), self.cfg.optimizer_for("discriminator"))
         self.sched_g = make_schedule(self.opt_g, self.cfg)
@@ -183,6 +189,43 @@ class Trainer:
         self.sched_g.step()
         return {"g_loss": loss.detach(), **{k: v.detach() for k, v in extras.items()}}
 
+    def simultaneous_step(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One forward pass of G and D; D's gradient and G's gradient both come from it (G's
+        against D before D's update), then both nets are stepped (seeds 002/003)."""
+        real = self.sampler.next()
+        with self.autocast:
+            fake = self.G(self.noise(len(real)))
+            d_real = self.D(real)
+            d_fake = self.D(fake)
+            d_inputs = LossInputs(self.D, real, fake, d_real, d_fake)
+            d_loss, d_extras = self.loss.discriminator_loss(d_inputs)
+            d_loss = self._add_terms(d_loss, d_extras, "discriminator_term", d_inputs)
+            g_inputs = LossInputs(self.D, real, fake, None, d_fake)
+            g_loss, g_extras = self.loss.generator_loss(g_inputs)
+            g_loss = self._add_terms(g_loss, g_extras, "generator_term", g_inputs)
+        d_params = [p for p in self.D.parameters() if p.requires_grad]
+        g_params = [p for p in self.G.parameters() if p.requires_grad]
+        d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True, allow_unused=True)
+        g_grads = torch.autograd.grad(g_loss, g_params, allow_unused=True)
+        for opt, params, grads in (
+            (self.opt_d, d_params, d_grads),
+            (self.opt_g, g_params, g_grads),
+        ):
+            opt.zero_grad(set_to_none=True)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            opt.step()
+        self.sched_d.step()
+        self.sched_g.step()
+        after = getattr(self.loss, "after_discriminator_step", None)
+        if after is not None:
+            after(self.D)
+        self._last_real = real
+        return (
+            {"d_loss": d_loss.detach(), **{k: v.detach() for k, v in d_extras.items()}},
+            {"g_loss": g_loss.detach(), **{k: v.detach() for k, v in g_extras.items()}},
+        )
+
     def _add_terms(self, loss, extras, which: str, inputs: LossInputs):
         """Add every regulariser's term for this network; extras are logged with the loss."""
         for reg in self.ctx.regularizers:
@@ -228,9 +271,13 @@ class Trainer:
                 self.steps, enabled=cfg.progress, title=ctx.recipe.experiment.name
             ) as bar:
                 for step in range(self.start_step + 1, self.steps + 1):
-                    for _ in range(cfg.n_critic):
-                        self._add(self.discriminator_step())
-                    self._add(self.generator_step())
+                    if cfg.updates == "simultaneous":
+                        for values in self.simultaneous_step():
+                            self._add(values)
+                    else:
+                        for _ in range(cfg.n_critic):
+                            self._add(self.discriminator_step())
+                        self._add(self.generator_step())
                     ctx.step = step
                     if listeners:
                         ctx.plugins.on_train_step(ctx, step)
