@@ -96,6 +96,11 @@ def total_steps(train: Any, n_rows: int) -> int:
     return max(1, math.ceil(epochs * per_epoch / train.n_critic))
 
 
+def _values(key: str, loss: torch.Tensor, extras: dict[str, torch.Tensor]):
+    """A step's loss and extras, detached, for the log accumulators."""
+    return {key: loss.detach(), **{k: v.detach() for k, v in extras.items()}}
+
+
 class Trainer:
     def __init__(self, ctx: RunContext):
         assert ctx.dataset is not None and ctx.generator is not None
@@ -148,20 +153,32 @@ class Trainer:
         with torch.no_grad(), self.autocast:
             fake = self.G(self.noise(len(real)))
         with self.autocast:
-            d_real = self.D(real)
-            d_fake = self.D(fake)
-            inputs = LossInputs(self.D, real, fake, d_real, d_fake)
-            loss, extras = self.loss.discriminator_loss(inputs)
-            loss = self._add_terms(loss, extras, "discriminator_term", inputs)
+            loss, extras, _ = self._discriminator_loss(real, fake)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
+        self._after_discriminator_step(real)
+        return _values("d_loss", loss, extras)
+
+    def _discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor):
+        """D's loss plus its regularisers' terms; also returns D(fake)."""
+        d_real = self.D(real)
+        d_fake = self.D(fake)
+        inputs = LossInputs(self.D, real, fake, d_real, d_fake)
+        loss, extras = self.loss.discriminator_loss(inputs)
+        return self._add_terms(loss, extras, "discriminator_term", inputs), extras, d_fake
+
+    def _generator_loss(self, real: torch.Tensor, fake: torch.Tensor, d_fake: torch.Tensor):
+        inputs = LossInputs(self.D, real, fake, None, d_fake)
+        loss, extras = self.loss.generator_loss(inputs)
+        return self._add_terms(loss, extras, "generator_term", inputs), extras
+
+    def _after_discriminator_step(self, real: torch.Tensor) -> None:
         self.sched_d.step()
         after = getattr(self.loss, "after_discriminator_step", None)
         if after is not None:
             after(self.D)
         self._last_real = real
-        return {"d_loss": loss.detach(), **{k: v.detach() for k, v in extras.items()}}
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         real = self._last_real
@@ -179,15 +196,12 @@ class Trainer:
     def _generator_update(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast:
             fake = self.G(self.noise(self.cfg.batch_size))
-            d_fake = self.D(fake)
-            inputs = LossInputs(self.D, real, fake, None, d_fake)
-            loss, extras = self.loss.generator_loss(inputs)
-            loss = self._add_terms(loss, extras, "generator_term", inputs)
+            loss, extras = self._generator_loss(real, fake, self.D(fake))
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
         self.sched_g.step()
-        return {"g_loss": loss.detach(), **{k: v.detach() for k, v in extras.items()}}
+        return _values("g_loss", loss, extras)
 
     def simultaneous_step(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One forward pass of G and D; D's gradient and G's gradient both come from it (G's
@@ -195,14 +209,8 @@ class Trainer:
         real = self.sampler.next()
         with self.autocast:
             fake = self.G(self.noise(len(real)))
-            d_real = self.D(real)
-            d_fake = self.D(fake)
-            d_inputs = LossInputs(self.D, real, fake, d_real, d_fake)
-            d_loss, d_extras = self.loss.discriminator_loss(d_inputs)
-            d_loss = self._add_terms(d_loss, d_extras, "discriminator_term", d_inputs)
-            g_inputs = LossInputs(self.D, real, fake, None, d_fake)
-            g_loss, g_extras = self.loss.generator_loss(g_inputs)
-            g_loss = self._add_terms(g_loss, g_extras, "generator_term", g_inputs)
+            d_loss, d_extras, d_fake = self._discriminator_loss(real, fake)
+            g_loss, g_extras = self._generator_loss(real, fake, d_fake)
         d_params = [p for p in self.D.parameters() if p.requires_grad]
         g_params = [p for p in self.G.parameters() if p.requires_grad]
         d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True, allow_unused=True)
@@ -215,16 +223,9 @@ class Trainer:
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
             opt.step()
-        self.sched_d.step()
         self.sched_g.step()
-        after = getattr(self.loss, "after_discriminator_step", None)
-        if after is not None:
-            after(self.D)
-        self._last_real = real
-        return (
-            {"d_loss": d_loss.detach(), **{k: v.detach() for k, v in d_extras.items()}},
-            {"g_loss": g_loss.detach(), **{k: v.detach() for k, v in g_extras.items()}},
-        )
+        self._after_discriminator_step(real)
+        return _values("d_loss", d_loss, d_extras), _values("g_loss", g_loss, g_extras)
 
     def _add_terms(self, loss, extras, which: str, inputs: LossInputs):
         """Add every regulariser's term for this network; extras are logged with the loss."""
