@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import RecipeError, did_you_mean
 from .registry import Component, Registry
@@ -91,6 +98,20 @@ class Train(_Strict):
     epochs: float | None = Field(None, gt=0, description="passes over the training set")
     steps: int | None = Field(None, gt=0, description="generator steps (overrides epochs)")
     n_critic: int = Field(1, gt=0, description="discriminator steps per generator step")
+    updates: Literal["alternating", "simultaneous"] = Field(
+        "alternating",
+        description="alternating: n_critic discriminator steps, then a generator step on fresh "
+        "noise against the updated discriminator; simultaneous: one forward pass of G and D "
+        "per step, both gradients taken from it and both nets stepped, as the GradientTape "
+        "loops of seeds 002 and 003 (needs n_critic = 1)",
+    )
+    sampling: Literal["epochs", "replacement"] = Field(
+        "epochs",
+        description="epochs: batches are slices of a fresh shuffle each epoch (every row once "
+        "per epoch, the last partial batch dropped); replacement: every batch draws batch_size "
+        "rows uniformly with replacement, as np.random.randint in seeds 000/004 (an epoch is "
+        "still len(train) // batch_size batches)",
+    )
     optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
     lr: float = Field(2e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
@@ -120,6 +141,16 @@ class Train(_Strict):
         0, ge=0, description="save a checkpoint every N steps (0: at the end)"
     )
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _simultaneous_has_one_critic_step(self) -> Train:
+        if self.updates == "simultaneous" and self.n_critic != 1:
+            raise ValueError(
+                f"updates = 'simultaneous' takes one step of each net from the same forward "
+                f"pass, so n_critic must be 1 (got {self.n_critic}); use updates = "
+                f"'alternating' for several critic steps per generator step"
+            )
+        return self
 
     def optimizer_for(self, net: Literal["generator", "discriminator"]) -> dict[str, Any]:
         """Resolved optimiser settings of one network."""

@@ -61,20 +61,24 @@ def make_schedule(opt: torch.optim.Optimizer, train: Any) -> torch.optim.lr_sche
 
 
 class BatchSampler:
-    """Endless shuffled batches from a device-resident tensor (drop_last per epoch)."""
+    """Endless shuffled batches from a device-resident tensor (drop_last per epoch), or, with
+    ``replacement``, batches of rows drawn uniformly with replacement."""
 
-    def __init__(self, data: torch.Tensor, batch_size: int):
+    def __init__(self, data: torch.Tensor, batch_size: int, replacement: bool = False):
         if len(data) < batch_size:
             raise ValueError(
                 f"train.batch_size = {batch_size} is larger than the training set "
                 f"({len(data)} rows)"
             )
-        self.data, self.batch_size = data, batch_size
+        self.data, self.batch_size, self.replacement = data, batch_size, replacement
         self.per_epoch = len(data) // batch_size
         self._perm = torch.empty(0, dtype=torch.long, device=data.device)
         self._i = self.per_epoch
 
     def next(self) -> torch.Tensor:
+        if self.replacement:
+            idx = torch.randint(len(self.data), (self.batch_size,), device=self.data.device)
+            return self.data.index_select(0, idx)
         if self._i >= self.per_epoch:
             self._perm = torch.randperm(len(self.data), device=self.data.device)
             self._i = 0
@@ -92,6 +96,11 @@ def total_steps(train: Any, n_rows: int) -> int:
     return max(1, math.ceil(epochs * per_epoch / train.n_critic))
 
 
+def _values(key: str, loss: torch.Tensor, extras: dict[str, torch.Tensor]):
+    """A step's loss and extras, detached, for the log accumulators."""
+    return {key: loss.detach(), **{k: v.detach() for k, v in extras.items()}}
+
+
 class Trainer:
     def __init__(self, ctx: RunContext):
         assert ctx.dataset is not None and ctx.generator is not None
@@ -106,7 +115,9 @@ class Trainer:
         )
         self.device = ctx.device
         self.data = ctx.dataset.train.to(self.device, non_blocking=True)
-        self.sampler = BatchSampler(self.data, self.cfg.batch_size)
+        self.sampler = BatchSampler(
+            self.data, self.cfg.batch_size, replacement=self.cfg.sampling == "replacement"
+        )
         self.opt_g = make_optimizer(self.G.parameters(), self.cfg.optimizer_for("generator"))
         self.opt_d = make_optimizer(self.D.parameters(), self.cfg.optimizer_for("discriminator"))
         self.sched_g = make_schedule(self.opt_g, self.cfg)
@@ -142,20 +153,32 @@ class Trainer:
         with torch.no_grad(), self.autocast:
             fake = self.G(self.noise(len(real)))
         with self.autocast:
-            d_real = self.D(real)
-            d_fake = self.D(fake)
-            inputs = LossInputs(self.D, real, fake, d_real, d_fake)
-            loss, extras = self.loss.discriminator_loss(inputs)
-            loss = self._add_terms(loss, extras, "discriminator_term", inputs)
+            loss, extras, _ = self._discriminator_loss(real, fake)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
+        self._after_discriminator_step(real)
+        return _values("d_loss", loss, extras)
+
+    def _discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor):
+        """D's loss plus its regularisers' terms; also returns D(fake)."""
+        d_real = self.D(real)
+        d_fake = self.D(fake)
+        inputs = LossInputs(self.D, real, fake, d_real, d_fake)
+        loss, extras = self.loss.discriminator_loss(inputs)
+        return self._add_terms(loss, extras, "discriminator_term", inputs), extras, d_fake
+
+    def _generator_loss(self, real: torch.Tensor, fake: torch.Tensor, d_fake: torch.Tensor):
+        inputs = LossInputs(self.D, real, fake, None, d_fake)
+        loss, extras = self.loss.generator_loss(inputs)
+        return self._add_terms(loss, extras, "generator_term", inputs), extras
+
+    def _after_discriminator_step(self, real: torch.Tensor) -> None:
         self.sched_d.step()
         after = getattr(self.loss, "after_discriminator_step", None)
         if after is not None:
             after(self.D)
         self._last_real = real
-        return {"d_loss": loss.detach(), **{k: v.detach() for k, v in extras.items()}}
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         real = self._last_real
@@ -173,15 +196,36 @@ class Trainer:
     def _generator_update(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast:
             fake = self.G(self.noise(self.cfg.batch_size))
-            d_fake = self.D(fake)
-            inputs = LossInputs(self.D, real, fake, None, d_fake)
-            loss, extras = self.loss.generator_loss(inputs)
-            loss = self._add_terms(loss, extras, "generator_term", inputs)
+            loss, extras = self._generator_loss(real, fake, self.D(fake))
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
         self.sched_g.step()
-        return {"g_loss": loss.detach(), **{k: v.detach() for k, v in extras.items()}}
+        return _values("g_loss", loss, extras)
+
+    def simultaneous_step(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One forward pass of G and D; D's gradient and G's gradient both come from it (G's
+        against D before D's update), then both nets are stepped (seeds 002/003)."""
+        real = self.sampler.next()
+        with self.autocast:
+            fake = self.G(self.noise(len(real)))
+            d_loss, d_extras, d_fake = self._discriminator_loss(real, fake)
+            g_loss, g_extras = self._generator_loss(real, fake, d_fake)
+        d_params = [p for p in self.D.parameters() if p.requires_grad]
+        g_params = [p for p in self.G.parameters() if p.requires_grad]
+        d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True, allow_unused=True)
+        g_grads = torch.autograd.grad(g_loss, g_params, allow_unused=True)
+        for opt, params, grads in (
+            (self.opt_d, d_params, d_grads),
+            (self.opt_g, g_params, g_grads),
+        ):
+            opt.zero_grad(set_to_none=True)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            opt.step()
+        self.sched_g.step()
+        self._after_discriminator_step(real)
+        return _values("d_loss", d_loss, d_extras), _values("g_loss", g_loss, g_extras)
 
     def _add_terms(self, loss, extras, which: str, inputs: LossInputs):
         """Add every regulariser's term for this network; extras are logged with the loss."""
@@ -228,9 +272,13 @@ class Trainer:
                 self.steps, enabled=cfg.progress, title=ctx.recipe.experiment.name
             ) as bar:
                 for step in range(self.start_step + 1, self.steps + 1):
-                    for _ in range(cfg.n_critic):
-                        self._add(self.discriminator_step())
-                    self._add(self.generator_step())
+                    if cfg.updates == "simultaneous":
+                        for values in self.simultaneous_step():
+                            self._add(values)
+                    else:
+                        for _ in range(cfg.n_critic):
+                            self._add(self.discriminator_step())
+                        self._add(self.generator_step())
                     ctx.step = step
                     if listeners:
                         ctx.plugins.on_train_step(ctx, step)

@@ -47,7 +47,7 @@ def test_minimal_recipe_fills_defaults(tmp_path, registry):
     d = r.to_dict()
     assert d["train"]["lr"] == 2e-4
     assert d["model"]["generator"]["params"]["n_filters"] == 128  # component default filled in
-    assert d["loss"]["params"] == {"real_label": 1.0, "fake_label": 0.0}
+    assert d["loss"]["params"] == {"real_label": 1.0, "fake_label": 0.0, "d_reduction": "sum"}
     assert r.components["model.generator"].kind == "generator"
 
 

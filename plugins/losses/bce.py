@@ -14,6 +14,7 @@ labels 1 and 0, so label smoothing changes D's training loss but not the estimat
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,6 +45,15 @@ class NonSaturatingParams(BaseModel):
         description="D's target on generated samples; keep 0 (smoothing it rewards G's "
         "bad samples)",
     )
+    d_reduction: Literal["sum", "concatenated_mean"] = Field(
+        "sum",
+        description="sum: D's loss is BCE averaged over the real half plus BCE averaged over "
+        "the fake half (-V(D, G) with labels 1 and 0); concatenated_mean: BCE averaged over "
+        "the concatenated real + fake batch, as Keras' train_on_batch on "
+        "np.concatenate([real, fake]) in seeds 000/004: with equal halves, half of 'sum' (value "
+        "and gradient; under Adam only the relative size of its eps changes). js_estimate is "
+        "the same either way",
+    )
 
 
 def _bce(logits, target: float):
@@ -53,13 +63,18 @@ def _bce(logits, target: float):
     return F.binary_cross_entropy_with_logits(logits, logits.new_full(logits.shape, target))
 
 
-def _d_terms(x: LossInputs, real_label: float, fake_label: float):
+def _d_terms(x: LossInputs, real_label: float, fake_label: float, reduction: str = "sum"):
     import torch
 
-    loss = _bce(x.d_real, real_label) + _bce(x.d_fake, fake_label)
-    if (real_label, fake_label) == (1.0, 0.0):
+    real, fake = _bce(x.d_real, real_label), _bce(x.d_fake, fake_label)
+    if reduction == "sum":
+        loss = real + fake
+    else:  # the mean of all N_real + N_fake terms
+        n_real, n_fake = x.d_real.numel(), x.d_fake.numel()
+        loss = (n_real * real + n_fake * fake) / (n_real + n_fake)
+    if (real_label, fake_label, reduction) == (1.0, 0.0, "sum"):
         minus_v = loss.detach()
-    else:  # smoothed labels: D's loss is not -V(D, G), recompute V with labels 1 and 0
+    else:  # D's loss is not -V(D, G): recompute V with labels 1 and 0
         with torch.no_grad():
             minus_v = _bce(x.d_real, 1.0) + _bce(x.d_fake, 0.0)
     extras = {
@@ -91,7 +106,8 @@ class NonSaturatingLoss:
         self.params = params or NonSaturatingParams()
 
     def discriminator_loss(self, x: LossInputs):
-        return _d_terms(x, self.params.real_label, self.params.fake_label)
+        p = self.params
+        return _d_terms(x, p.real_label, p.fake_label, p.d_reduction)
 
     def generator_loss(self, x: LossInputs):
         return _bce(x.d_fake, 1.0), {}

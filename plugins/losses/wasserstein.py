@@ -42,6 +42,13 @@ class WGANGPParams(BaseModel):
     lambda_gp: float = Field(10.0, ge=0, description="gradient penalty weight (paper: 10)")
     one_sided: bool = Field(False, description="penalise only norms above 1: max(0, |g|-1)^2")
     drift: float = Field(0.0, ge=0, description="E[D(x)^2] weight (Karras et al. 2018: 1e-3)")
+    gp_eval_mode: bool = Field(
+        False,
+        description="run the critic in eval mode for the penalty's pass only (BatchNorm uses "
+        "its running statistics and does not update them, dropout is off), as seed 003's "
+        "Keras code does by calling the critic without training=True; false: train mode, "
+        "like the critic's other passes",
+    )
 
 
 def _critic_terms(x: LossInputs) -> tuple[torch.Tensor, Extras]:
@@ -91,13 +98,15 @@ def gradient_penalty(
     fake: torch.Tensor,
     alpha: torch.Tensor | None = None,
     one_sided: bool = False,
+    eval_mode: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """WGAN-GP penalty: mean((||grad D(x_hat)||_2 - 1)^2), x_hat = a x + (1 - a) G(z).
 
     ``alpha`` (N,) defaults to U(0, 1) draws from the global RNG, one per sample, broadcast
     over the non-batch dims. The graph is kept (create_graph) so the penalty trains the critic.
     Runs in float32 with autocast off: bf16 gradients of a gradient are too coarse for a
-    norm compared against 1. Returns (penalty, per-sample gradient norms).
+    norm compared against 1. ``eval_mode`` runs this critic pass in eval mode (seed 003) and
+    restores the critic's mode after it. Returns (penalty, per-sample gradient norms).
     """
     import torch
 
@@ -115,8 +124,16 @@ def gradient_penalty(
         else:
             alpha = alpha.detach().to(real).reshape(bshape)
         x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-        out = critic(x_hat).float()
-        # Summing is right because each output depends only on its own sample (no BatchNorm).
+        was_training = getattr(critic, "training", None)
+        if eval_mode and was_training is not None:
+            critic.eval()
+        try:
+            out = critic(x_hat).float()
+        finally:
+            if eval_mode and was_training is not None:
+                critic.train(was_training)
+        # Summing is right because each output depends only on its own sample (no BatchNorm
+        # in train mode).
         (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
         norms = torch.linalg.vector_norm(grad.flatten(1), dim=1)
         gap = norms - 1
@@ -172,7 +189,9 @@ class WGANGPLoss:
         p = self.params
         loss, extras = _critic_terms(x)
         self._warn_batchnorm(x.discriminator)
-        gp, norms = gradient_penalty(x.discriminator, x.real, x.fake, one_sided=p.one_sided)
+        gp, norms = gradient_penalty(
+            x.discriminator, x.real, x.fake, one_sided=p.one_sided, eval_mode=p.gp_eval_mode
+        )
         loss = loss + p.lambda_gp * gp
         if p.drift > 0:
             loss = loss + p.drift * x.d_real.float().pow(2).mean()

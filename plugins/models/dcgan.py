@@ -14,13 +14,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from gan_pipe import hookimpl
 from gan_pipe.context import ModelSpec
+from gan_pipe.plugins.models.keras_defaults import BatchNormParams, glorot_init
+
+INIT_DESCRIPTION = (
+    "dcgan: conv/linear weights N(0, 0.02), BatchNorm scales N(1, 0.02), biases 0 (DCGAN "
+    "paper); glorot: Keras' default, which seed 003's code gets: glorot-uniform weights, "
+    "biases 0, BatchNorm scales 1; default: PyTorch's init"
+)
 
 
-class DCGANGeneratorParams(BaseModel):
+class DCGANGeneratorParams(BatchNormParams):
     model_config = ConfigDict(extra="forbid")
 
     n_filters: int = Field(
@@ -36,14 +43,10 @@ class DCGANGeneratorParams(BaseModel):
     output: Literal["tanh", "sigmoid", "none"] = Field(
         "tanh", description="tanh for data in [-1, 1]"
     )
-    init: Literal["dcgan", "default"] = Field(
-        "dcgan",
-        description="dcgan: weights N(0, 0.02), BatchNorm scales N(1, 0.02), biases 0 "
-        "(DCGAN paper, seed 003); default: PyTorch's init",
-    )
+    init: Literal["dcgan", "glorot", "default"] = Field("dcgan", description=INIT_DESCRIPTION)
 
 
-class DCGANDiscriminatorParams(BaseModel):
+class DCGANDiscriminatorParams(BatchNormParams):
     model_config = ConfigDict(extra="forbid")
 
     n_filters: int = Field(64, gt=0, description="channels of the first conv (doubled per block)")
@@ -60,11 +63,12 @@ class DCGANDiscriminatorParams(BaseModel):
     norm: Literal["batch", "layer", "none"] = Field(
         "batch", description="'none'/'layer' for WGAN-GP critics"
     )
-    init: Literal["dcgan", "default"] = Field(
-        "dcgan",
-        description="dcgan: conv weights N(0, 0.02), norm scales N(1, 0.02), biases 0 "
-        "(DCGAN paper, seed 003); default: PyTorch's init",
-    )
+    init: Literal["dcgan", "glorot", "default"] = Field("dcgan", description=INIT_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _bn_settings_need_batchnorm(self) -> DCGANDiscriminatorParams:
+        self.check_bn_used(self.norm == "batch", "norm = 'batch'")
+        return self
 
 
 def _image_shape(spec: ModelSpec, n_blocks: int, who: str) -> tuple[int, int, int]:
@@ -96,6 +100,13 @@ def dcgan_init(module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _initialise(net, init: str) -> None:
+    if init == "dcgan":
+        net.apply(dcgan_init)
+    elif init == "glorot":
+        net.apply(glorot_init)
+
+
 def build_generator(params: DCGANGeneratorParams, spec: ModelSpec):
     """DCGAN generator of seed 003, sizes as parameters."""
     import torch.nn as nn
@@ -104,14 +115,15 @@ def build_generator(params: DCGANGeneratorParams, spec: ModelSpec):
     f = 2**params.n_blocks
     h0, w0, nf, k = h // f, w // f, params.n_filters, params.kernel_size
     pad = k // 2
+    bn = params.bn_kwargs()
     act = lambda: nn.LeakyReLU(params.negative_slope)  # noqa: E731
     layers: list[nn.Module] = [
         nn.Linear(spec.z_dim, nf * h0 * w0, bias=False),
-        nn.BatchNorm1d(nf * h0 * w0),
+        nn.BatchNorm1d(nf * h0 * w0, **bn),
         act(),
         nn.Unflatten(1, (nf, h0, w0)),
         nn.ConvTranspose2d(nf, nf, k, stride=1, padding=pad, bias=False),
-        nn.BatchNorm2d(nf),
+        nn.BatchNorm2d(nf, **bn),
         act(),
     ]
     for _ in range(params.n_blocks):
@@ -119,7 +131,7 @@ def build_generator(params: DCGANGeneratorParams, spec: ModelSpec):
         # padding k//2 and output_padding 1 double the size, like Keras' padding="same".
         layers += [
             nn.ConvTranspose2d(nf, nxt, k, stride=2, padding=pad, output_padding=1, bias=False),
-            nn.BatchNorm2d(nxt),
+            nn.BatchNorm2d(nxt, **bn),
             act(),
         ]
         nf = nxt
@@ -129,8 +141,7 @@ def build_generator(params: DCGANGeneratorParams, spec: ModelSpec):
     elif params.output == "sigmoid":
         layers.append(nn.Sigmoid())
     net = nn.Sequential(*layers)
-    if params.init == "dcgan":
-        net.apply(dcgan_init)
+    _initialise(net, params.init)
     return net
 
 
@@ -148,7 +159,7 @@ def _discriminator_class():
 
             def norm(ch: int, hh: int, ww: int) -> nn.Module:
                 if params.norm == "batch":
-                    return nn.BatchNorm2d(ch)
+                    return nn.BatchNorm2d(ch, **params.bn_kwargs())
                 if params.norm == "layer":
                     return nn.GroupNorm(1, ch)  # layer norm over (C, H, W)
                 return nn.Identity()
@@ -171,8 +182,7 @@ def _discriminator_class():
                 nf *= 2
             self.body = nn.Sequential(*layers)
             self.head = nn.Conv2d(nf, 1, (h, w))
-            if params.init == "dcgan":
-                self.apply(dcgan_init)
+            _initialise(self, params.init)
 
         def features(self, x):
             return self.body(x)

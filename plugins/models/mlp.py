@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gan_pipe import hookimpl
 from gan_pipe.context import ModelSpec
+from gan_pipe.plugins.models.keras_defaults import BatchNormParams
 
 if TYPE_CHECKING:
     from torch import nn
@@ -45,13 +46,15 @@ class MinibatchParams(BaseModel):
     init_std: float = Field(0.02, gt=0, description="T is initialised N(0, init_std), as seed 001")
 
 
-class _MLPParams(BaseModel):
+class _MLPParams(BatchNormParams):
     model_config = ConfigDict(extra="forbid")
 
     activation: Literal["leaky_relu", "relu", "tanh", "softplus", "elu", "sigmoid"] = Field(
         "leaky_relu", description="nonlinearity after every hidden Linear (or its BatchNorm)"
     )
-    negative_slope: float = Field(0.2, ge=0, description="LeakyReLU slope (seeds 000/004: 0.2)")
+    negative_slope: float = Field(
+        0.2, ge=0, description="LeakyReLU slope (seeds 000/002/004: 0.2; Keras' default: 0.3)"
+    )
     dropout: float = Field(
         0.0, ge=0, lt=1, description="dropout probability after each hidden activation"
     )
@@ -76,6 +79,7 @@ class _MLPParams(BaseModel):
 
     @model_validator(mode="after")
     def _init_is_consistent(self) -> _MLPParams:
+        self.check_bn_used(self.batch_norm, "batch_norm = true")
         if self.init_first_only and self.init == "default":
             raise ValueError("init_first_only needs init = 'normal' or 'glorot'")
         if self.init_rest != "default" and not self.init_first_only:
@@ -131,7 +135,7 @@ def _hidden(in_features: int, params: _MLPParams) -> tuple[list[nn.Module], int]
     for out in params.hidden:
         layers.append(nn.Linear(width, out, bias=params.bias))
         if params.batch_norm:
-            layers.append(nn.BatchNorm1d(out))
+            layers.append(nn.BatchNorm1d(out, **params.bn_kwargs()))
         layers.append(_activation(params))
         if params.dropout > 0:
             layers.append(nn.Dropout(params.dropout))

@@ -86,3 +86,59 @@ def test_js_estimate_ignores_label_smoothing(real_label, fake_label):
     # without smoothing the same V: minimax and non-saturating agree
     _, plain = MinimaxLoss().discriminator_loss(inputs())
     assert extras["js_estimate"].item() == pytest.approx(plain["js_estimate"].item(), rel=1e-6)
+
+
+def _bce_numpy(logits, labels):
+    """-[y log s(l) + (1 - y) log(1 - s(l))] per element, float64."""
+    import numpy as np
+
+    p = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    y = np.asarray(labels, dtype=np.float64)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+@pytest.mark.parametrize("n_real, n_fake", [(3, 3), (2, 5)])
+def test_concatenated_mean_is_keras_train_on_batch(n_real, n_fake):
+    """Seed 000: D.train_on_batch(concatenate([real, fake]), [0.9] * N + [0] * N): the
+    mean over all rows of the concatenated batch."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    d_real, d_fake = torch.randn(n_real, generator=g), torch.randn(n_fake, generator=g)
+    x = LossInputs(torch.nn.Identity(), torch.zeros(n_real), torch.zeros(n_fake), d_real, d_fake)
+    params = NonSaturatingParams(real_label=0.9, d_reduction="concatenated_mean")
+    loss, extras = NonSaturatingLoss(params).discriminator_loss(x)
+    logits = np.concatenate([d_real.numpy(), d_fake.numpy()])
+    labels = np.array([0.9] * n_real + [0.0] * n_fake)
+    assert loss.item() == pytest.approx(_bce_numpy(logits, labels).mean(), rel=1e-6)
+    summed, extras_sum = NonSaturatingLoss(NonSaturatingParams(real_label=0.9)).discriminator_loss(
+        x
+    )
+    if n_real == n_fake:
+        assert loss.item() == pytest.approx(summed.item() / 2, rel=1e-6)
+    else:
+        assert loss.item() != pytest.approx(summed.item() / 2, rel=1e-3)
+    # the JS estimate is -V with labels 1/0 and the per-half means, whatever D trains on
+    minus_v = _bce_numpy(d_real.numpy(), 1.0).mean() + _bce_numpy(d_fake.numpy(), 0.0).mean()
+    assert extras["js_estimate"].item() == pytest.approx((math.log(4) - minus_v) / 2, rel=1e-5)
+    assert extras["js_estimate"].item() == pytest.approx(extras_sum["js_estimate"].item())
+
+
+def test_concatenated_mean_halves_the_gradient():
+    d_real = REAL.clone().requires_grad_(True)
+    d_fake = FAKE.clone().requires_grad_(True)
+    x = LossInputs(torch.nn.Identity(), torch.zeros(2), torch.zeros(2), d_real, d_fake)
+    NonSaturatingLoss(NonSaturatingParams(d_reduction="concatenated_mean")).discriminator_loss(x)[
+        0
+    ].backward()
+    g_concat = torch.cat([d_real.grad, d_fake.grad])
+    # d/dl BCE(l, y) = s(l) - y, averaged over the 4 rows
+    hand = torch.tensor([sig(0) - 1, sig(2) - 1, sig(-1), sig(1)]) / 4
+    torch.testing.assert_close(g_concat, hand)
+
+
+def test_d_reduction_is_validated():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="d_reduction"):
+        NonSaturatingParams(d_reduction="mean")

@@ -341,3 +341,68 @@ def test_registration():
     assert fm.factory(fm.validate_params({})).params.layer == "features"
     with pytest.raises(ValueError):
         comp.validate_params({"lamda_gp": 5})  # typo caught by extra="forbid"
+
+
+# ---------------------------------------------------------------- penalty in eval mode
+def _bn_dropout_critic() -> nn.Module:
+    torch.manual_seed(0)
+    critic = nn.Sequential(
+        nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 1)
+    )
+    with torch.no_grad():  # running statistics that differ from any batch's
+        critic[1].running_mean.uniform_(-1, 1)
+        critic[1].running_var.uniform_(0.5, 2)
+    return critic
+
+
+def _hand_penalty_eval(critic: nn.Module, x_hat: torch.Tensor) -> torch.Tensor:
+    """Per sample, one at a time (an eval-mode critic has no batch coupling)."""
+    critic.eval()
+    gaps = []
+    for row in x_hat:
+        xi = row.clone().unsqueeze(0).requires_grad_(True)
+        (g,) = torch.autograd.grad(critic(xi).sum(), xi)
+        gaps.append((g.norm() - 1) ** 2)
+    critic.train()
+    return torch.stack(gaps).mean()
+
+
+def test_penalty_in_eval_mode_matches_a_hand_computation():
+    critic = _bn_dropout_critic()
+    real, fake = torch.randn(6, 3), torch.randn(6, 3)
+    alpha = torch.rand(6)
+    running = critic[1].running_mean.clone()
+    gp_eval, _ = gradient_penalty(critic, real, fake, alpha=alpha, eval_mode=True)
+    assert critic.training and all(m.training for m in critic.modules())  # mode restored
+    assert torch.equal(critic[1].running_mean, running)  # eval pass leaves statistics alone
+    x_hat = alpha[:, None] * real + (1 - alpha[:, None]) * fake
+    torch.testing.assert_close(gp_eval, _hand_penalty_eval(critic, x_hat))
+    # train mode (batch statistics, dropout on) gives another value and updates the stats
+    torch.manual_seed(1)
+    gp_train, _ = gradient_penalty(critic, real, fake, alpha=alpha)
+    assert abs(gp_train.item() - gp_eval.item()) > 1e-3
+    assert not torch.equal(critic[1].running_mean, running)
+
+
+def test_penalty_in_eval_mode_trains_the_critic():
+    critic = _bn_dropout_critic()
+    gp, _ = gradient_penalty(critic, torch.randn(4, 3), torch.randn(4, 3), eval_mode=True)
+    gp.backward()
+    assert critic[0].weight.grad is not None and critic[0].weight.grad.abs().sum() > 0
+
+
+def test_wgan_gp_loss_passes_eval_mode():
+    critic = _bn_dropout_critic()
+    real, fake = torch.randn(5, 3), torch.randn(5, 3)
+    x = LossInputs(critic, real, fake, torch.zeros(5), torch.zeros(5))
+    torch.manual_seed(7)
+    with pytest.warns(UserWarning, match="BatchNorm"):
+        loss, extras = WGANGPLoss(
+            WGANGPParams(lambda_gp=10.0, gp_eval_mode=True)
+        ).discriminator_loss(x)
+    torch.manual_seed(7)
+    alpha = torch.rand(5, 1)
+    x_hat = alpha * real + (1 - alpha) * fake
+    hand = _hand_penalty_eval(critic, x_hat)
+    torch.testing.assert_close(extras["gp"], hand.detach())
+    torch.testing.assert_close(loss, 10.0 * hand)  # d_real and d_fake are zero here

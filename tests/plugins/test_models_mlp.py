@@ -284,3 +284,28 @@ def test_registered_for_both_roles():
     net = disc.factory(p, GAUSS_1D)
     assert net(torch.randn(4, 1)).shape == (4,)
     assert net.minibatch.out_features == 8 + 3
+
+
+def test_batch_norm_momentum_and_eps():
+    """Keras' BatchNormalization(momentum=0.99, epsilon=1e-3) is bn_momentum 0.01 here."""
+    params = MLPGeneratorParams(hidden=[6, 5], batch_norm=True, bn_momentum=0.01, bn_eps=0.25)
+    g = build_generator(params, ModelSpec((3,), 4))
+    bns = [m for m in g.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert [(m.momentum, m.eps) for m in bns] == [(0.01, 0.25)] * 2
+    torch.manual_seed(0)
+    h = g.net[0](torch.randn(10, 4)).detach()
+    y = g.net[1](h).detach()
+    mean, var = h.mean(0), h.var(0, unbiased=False)
+    np.testing.assert_allclose(y, (h - mean) / torch.sqrt(var + 0.25), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bns[0].running_mean, 0.01 * mean, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValidationError, match="only apply with BatchNorm"):
+        MLPDiscriminatorParams(bn_momentum=0.01)  # no batch_norm: the setting would do nothing
+
+
+def test_leaky_relu_slope_by_output():
+    g = build_generator(MLPGeneratorParams(hidden=[4, 4], negative_slope=0.3), MNIST)
+    acts = [m for m in g.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    x = torch.tensor([-2.0, -0.5, 0.0, 1.5])
+    assert len(acts) == 2
+    for a in acts:
+        np.testing.assert_allclose(a(x), [-0.6, -0.15, 0.0, 1.5], rtol=1e-6)

@@ -99,7 +99,7 @@ def test_regularizer_terms_are_added(monkeypatch):
     assert Trainer._add_terms(fake, torch.tensor(1.0), {}, "discriminator_term", x).item() == 1.0
 
 
-def _tiny_trainer(n_critic=1, dim=2):
+def _tiny_trainer(n_critic=1, dim=2, **train):
     from gan_pipe.context import Dataset, RunContext
     from gan_pipe.plugins.losses.bce import NonSaturatingLoss
     from gan_pipe.plugins.train import Trainer
@@ -113,7 +113,13 @@ def _tiny_trainer(n_critic=1, dim=2):
             "model": {"generator": {"name": "g"}, "discriminator": {"name": "d"}},
             "loss": {"name": "l"},
             "noise": {"dim": 3},
-            "train": {"batch_size": 8, "steps": 2, "n_critic": n_critic, "progress": False},
+            "train": {
+                "batch_size": 8,
+                "steps": 2,
+                "n_critic": n_critic,
+                "progress": False,
+                **train,
+            },
         }
     )
     ctx = RunContext(
@@ -195,3 +201,95 @@ def test_vector_data_get_a_sample_picture_per_step(dim):
     assert np.array_equal(a, again)  # fixed noise and fixed real points: frames compare
     assert a.shape == b.shape and not np.array_equal(a, b)
     assert (a < 200).any() and (a > 250).any()  # something drawn on a white background
+
+
+def test_batch_sampler_with_replacement():
+    data = torch.arange(10).float().unsqueeze(1)
+    torch.manual_seed(0)
+    s = BatchSampler(data, 8, replacement=True)
+    assert s.per_epoch == 1  # an epoch is still len // batch_size batches
+    rows = torch.cat([s.next() for _ in range(500)]).flatten().long()
+    counts = torch.bincount(rows, minlength=10).float()
+    # uniform over all 10 rows (4000 draws: 400 each, sd 19), repeats inside a batch happen
+    assert counts.min() > 320 and counts.max() < 480
+    batches = rows.view(500, 8)
+    repeats = sum(len(set(b.tolist())) < 8 for b in batches)
+    assert repeats > 400  # P(8 distinct of 10) = 10!/(2! 10^8) = 1.8%
+    # without replacement a batch never repeats a row
+    s = BatchSampler(data, 8)
+    assert all(len(set(s.next().flatten().tolist())) == 8 for _ in range(50))
+
+
+def test_trainer_uses_the_sampling_setting():
+    assert _tiny_trainer(sampling="replacement").sampler.replacement is True
+    assert _tiny_trainer().sampler.replacement is False
+
+
+def test_simultaneous_needs_one_critic_step():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="n_critic must be 1"):
+        Train(updates="simultaneous", n_critic=5)
+    with pytest.raises(ValidationError, match="updates"):
+        Train(updates="interleaved")
+    with pytest.raises(ValidationError, match="sampling"):
+        Train(sampling="bootstrap")
+
+
+def _sgd_step_by_hand(t0, real, z, lr):
+    """Seed 003's loop with plain SGD: both gradients from one forward pass at the old weights."""
+    import torch.nn.functional as F
+
+    G, D = t0.G, t0.D
+    fake = G(z)
+    d_real, d_fake = D(real).squeeze(1), D(fake).squeeze(1)
+    ones, zeros = torch.ones_like(d_real), torch.zeros_like(d_fake)
+    d_loss = F.binary_cross_entropy_with_logits(d_real, ones) + F.binary_cross_entropy_with_logits(
+        d_fake, zeros
+    )
+    g_loss = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+    d_grads = torch.autograd.grad(d_loss, list(D.parameters()), retain_graph=True)
+    g_grads = torch.autograd.grad(g_loss, list(G.parameters()))
+    new_d = [p.detach() - lr * g for p, g in zip(D.parameters(), d_grads, strict=True)]
+    new_g = [p.detach() - lr * g for p, g in zip(G.parameters(), g_grads, strict=True)]
+    return new_d, new_g, d_loss.detach(), g_loss.detach()
+
+
+def test_simultaneous_step_matches_a_hand_computation():
+    lr = 0.5
+
+    def trainer(**train):
+        t = _tiny_trainer(optimizer="sgd", lr=lr, **train)
+        t.G.load_state_dict(start_g)
+        t.D.load_state_dict(start_d)
+        t.data = data
+        t.sampler = BatchSampler(data, 8)
+        return t
+
+    t = _tiny_trainer(updates="simultaneous", optimizer="sgd", lr=lr)
+    start_g = {k: v.clone() for k, v in t.G.state_dict().items()}
+    start_d = {k: v.clone() for k, v in t.D.state_dict().items()}
+    data = t.data
+    ref = trainer()
+    torch.manual_seed(11)
+    d_out, g_out = t.simultaneous_step()
+    # the same draws: the batch permutation first, then the noise
+    torch.manual_seed(11)
+    real = BatchSampler(data, 8).next()
+    z = torch.randn(8, 3)
+    new_d, new_g, d_loss, g_loss = _sgd_step_by_hand(ref, real, z, lr)
+    for a, b in zip(t.D.parameters(), new_d, strict=True):
+        torch.testing.assert_close(a.detach(), b)
+    for a, b in zip(t.G.parameters(), new_g, strict=True):
+        torch.testing.assert_close(a.detach(), b)
+    torch.testing.assert_close(d_out["d_loss"], d_loss)
+    torch.testing.assert_close(g_out["g_loss"], g_loss)
+    assert {"d_real", "d_fake", "js_estimate"} <= set(d_out)
+    # alternating differs: G's step sees D after D's update (and fresh noise)
+    alt = trainer()
+    torch.manual_seed(11)
+    alt.discriminator_step()
+    alt.generator_step()
+    for a, b in zip(alt.D.parameters(), new_d, strict=True):
+        torch.testing.assert_close(a.detach(), b)  # same D step
+    assert not all(torch.allclose(a, b) for a, b in zip(alt.G.parameters(), new_g, strict=True))
