@@ -313,3 +313,105 @@ def test_no_store_is_a_user_error(workdir):
     res = compare("abc")
     assert res.exit_code == 2 and "no MLflow store here" in res.output
     assert not (workdir / "mlflow.db").exists()
+
+
+TINY_RING = """
+[experiment]
+name = "tiny-ring"
+
+[data]
+name = "ring8"
+[data.params]
+n_train = 1000
+n_val = 100
+n_test = 300
+
+[model.generator]
+name = "mlp"
+[model.generator.params]
+hidden = [16]
+
+[model.discriminator]
+name = "mlp"
+[model.discriminator.params]
+hidden = [16]
+
+[noise]
+dim = 4
+
+[loss]
+name = "non-saturating"
+
+[train]
+batch_size = 32
+steps = 6
+log_every = 2
+sample_every = 3
+eval_every = 3
+progress = false
+
+[[evaluate.metrics]]
+name = "modes"
+[evaluate.metrics.params]
+n_samples = 200
+
+[[report]]
+name = "loss-curves"
+
+[[report]]
+name = "sample-grid"
+[report.params]
+n_points = 200
+"""
+
+
+def _real_study(recipe, lrs, seeds):
+    """A study of real tiny runs: a variant run per lr, a seed run per seed under each."""
+    from gan_pipe.facade import Plugins
+    from gan_pipe.manager import load_plugins
+    from gan_pipe.recipe import load_recipe
+    from gan_pipe.runner import run
+
+    c, exp_of = _client()
+    exp = exp_of("tiny-ring")  # the recipe's experiment: the whole tree lives in one
+    tags = {"gan_pipe.kind": "study", "gan_pipe.study": "real"}
+    sid = c.create_run(exp, run_name="real", tags=tags).info.run_id
+    plugins = Plugins(load_plugins())
+    for lr in lrs:
+        common = {"gan_pipe.study": "real", "gan_pipe.variant_key": f"lr{lr}"}
+        tags = {PARENT: sid, "gan_pipe.kind": "variant", "gan_pipe.variant": f"lr={lr}", **common}
+        vid = c.create_run(exp, run_name=f"lr{lr}", tags=tags).info.run_id
+        for seed in seeds:
+            sets = [f"train.lr={lr}", f"experiment.seed={seed}"]
+            resolved = load_recipe(recipe, plugins.registry, sets)
+            tags = {"gan_pipe.kind": "seed", "gan_pipe.seed": str(seed), **common}
+            run(resolved, plugins, parent_run_id=vid, extra_tags=tags)
+        c.set_terminated(vid)
+    c.set_terminated(sid)
+    return c, sid
+
+
+@pytest.mark.slow
+def test_html_report_of_real_runs(store):
+    import base64
+    import re
+
+    recipe = store / "tiny-ring.toml"
+    recipe.write_text(TINY_RING)
+    c, sid = _real_study(recipe, [0.001, 0.01], [1, 2])
+    res = compare(sid, "--html", "report.html")
+    assert res.exit_code == 0, res.output
+    assert "fetching histories: variant 2/2 lr=0.01 (2 runs)" in res.output
+    assert "logged to study run" in res.output
+    page = (store / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    # training curves, eval curves, one final sample picture per variant
+    assert len(images) == 4
+    assert all(base64.b64decode(b).startswith(b"\x89PNG") for b in images)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert page.count("step 6)") == 2  # the last samples image of each variant
+    for text in ("lr=0.001", "lr=0.01", "<h2>Metrics</h2>", "eval/modes", "train.lr"):
+        assert text in page
+    assert [f.path for f in c.list_artifacts(sid, "compare")] == ["compare/report.html"]
+    logged = c.download_artifacts(sid, "compare/report.html", str(store))
+    assert open(logged, encoding="utf-8").read() == page
