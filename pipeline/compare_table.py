@@ -9,8 +9,8 @@ from typing import Any, TextIO
 
 from .compare import HIGH, LOW, STUDY, Comparison, Row, Source
 
-#: the widest a variant label gets in a table before it wraps
-LABEL_WIDTH = 28
+#: the widest a variant label gets: wrapped in the variants table, cut in the metric tables
+LABEL_WIDTH, CUT_WIDTH = 28, 20
 LEGEND = (
     f"{HIGH}/{LOW}: the highest/lowest mean, whose 95% interval does not overlap the second "
     "highest/lowest's. Values: mean ± half-width of the 95% interval (n = runs) for means "
@@ -58,11 +58,11 @@ def header_lines(comp: Comparison) -> list[str]:
 
 def _chunks(comp: Comparison, width: int) -> list[list[str]]:
     """Metric keys in groups whose columns fit beside # and the label in ``width``."""
-    room = width - LABEL_WIDTH - 6
+    room = width - CUT_WIDTH - 8  # "#", the label, their padding and rules
     chunks: list[list[str]] = [[]]
     used = 0
     for key in comp.metrics:
-        w = max([len(key)] + [len(_cell(r, key)) for r in comp.rows]) + 2
+        w = max([len(key)] + [len(_cell(r, key)) for r in comp.rows]) + 3
         if chunks[-1] and used + w > room:
             chunks.append([])
             used = 0
@@ -71,13 +71,17 @@ def _chunks(comp: Comparison, width: int) -> list[list[str]]:
     return chunks
 
 
-def _table(comp: Comparison, columns: list[str], cells: Any) -> Any:
+def _table(comp: Comparison, columns: list[str], cells: Any, full_label: bool) -> Any:
+    """A rich table: #, the label (in full, wrapped; or cut to one line), ``columns``."""
     from rich import box
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("#", justify="right")
-    table.add_column("variant", max_width=LABEL_WIDTH, overflow="fold")
+    if full_label:
+        table.add_column("variant", max_width=LABEL_WIDTH, overflow="fold")
+    else:
+        table.add_column("variant", max_width=CUT_WIDTH, no_wrap=True, overflow="ellipsis")
     for col in columns:
         table.add_column(col, overflow="fold")
     for i, row in enumerate(comp.rows, 1):
@@ -99,10 +103,11 @@ def render(comp: Comparison, file: TextIO | None = None, width: int | None = Non
         shown = "\n".join(f"{k} = {row.params.get(k, '-')}" for k in comp.differing)
         return [_runs_cell(row), shown]
 
-    console.print(_table(comp, ["runs", "differing params"], params))
+    console.print(_table(comp, ["runs", "differing params"], params, full_label=True))
     for keys in _chunks(comp, width):
         if keys:
-            console.print(_table(comp, keys, lambda row, keys=keys: [_cell(row, k) for k in keys]))
+            cells = lambda row, keys=keys: [_cell(row, k) for k in keys]  # noqa: E731
+            console.print(_table(comp, keys, cells, full_label=False))
     console.print(LEGEND, markup=False)
 
 

@@ -315,6 +315,31 @@ def test_no_store_is_a_user_error(workdir):
     assert not (workdir / "mlflow.db").exists()
 
 
+def test_table_fits_100_columns_with_long_labels_and_many_metrics(store):
+    keys = [f"eval/metric_number_{i}" for i in range(7)]
+    label = "dcgan train.lr=0.0001 loss.name=hinge train.n_critic=5 noise.dim=128"
+    seeds = [({k: 1000.123 + i * j for j, k in enumerate(keys)}, "FINISHED") for i in range(3)]
+    variants = [{"label": f"{label} #{i}", "params": {"i": i}, "seeds": seeds} for i in range(2)]
+    sid, _ = make_study("wide", variants)
+    res = runner.invoke(app, ["compare", sid], env={"COLUMNS": "100"})
+    assert res.exit_code == 0, res.output
+    assert max(len(line) for line in res.stdout.splitlines()) <= 100
+    for k in keys:  # every metric is shown, in as many tables as it takes
+        assert k in res.stdout
+
+
+def test_html_of_two_studies_is_not_logged_to_either(store):
+    a, _ = make_study("ha", [{"label": "left", "params": {"i": 1}, "seeds": _seeds([1, 2])}])
+    b, _ = make_study("hb", [{"label": "right", "params": {"i": 2}, "seeds": _seeds([3, 4])}])
+    res = compare(a, b, "--html", "two.html")
+    assert res.exit_code == 0, res.output
+    page = (store / "two.html").read_text()
+    assert "left" in page and "right" in page and "data:image/png;base64," in page
+    assert "logged to study run" not in res.output
+    c, _ = _client()
+    assert c.list_artifacts(a, "compare") == [] and c.list_artifacts(b, "compare") == []
+
+
 TINY_RING = """
 [experiment]
 name = "tiny-ring"
