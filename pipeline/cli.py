@@ -356,11 +356,20 @@ def resume(
 def compare(
     ids: Annotated[
         list[str] | None,
-        typer.Argument(help="study, variant or run ids (or study names)", show_default=False),
+        typer.Argument(
+            help="study, variant or run ids (or study names)",
+            metavar="STUDY_OR_RUN_ID",
+            show_default=False,
+        ),
     ] = None,
     experiment: Annotated[
         str | None,
-        typer.Option("--experiment", "-e", help="without ids: every study in this experiment"),
+        typer.Option(
+            "--experiment",
+            "-e",
+            help="without ids: every study in it (or its top-level runs); with ids: where "
+            "study names are looked up",
+        ),
     ] = None,
     sort: Annotated[
         str | None,
