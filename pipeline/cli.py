@@ -428,6 +428,52 @@ def resume(
 
 
 @app.command()
+def compare(
+    ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="study, variant or run ids (or study names)",
+            metavar="STUDY_OR_RUN_ID",
+            show_default=False,
+        ),
+    ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option(
+            "--experiment",
+            "-e",
+            help="without ids: every study in it (or its top-level runs); with ids: where "
+            "study names are looked up",
+        ),
+    ] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option("--sort", help="order by a metric, highest first; -METRIC: lowest first"),
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", "-m", help="show these metrics (repeatable; default: all)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document on stdout")] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="also write an HTML report with curves", dir_okay=False),
+    ] = None,
+) -> None:
+    """Compare variants over seeds: mean ± 95% interval (n) per metric, params that differ.
+
+    A study id gives a row per variant (FINISHED seed runs only), a variant id its row, plain run ids are grouped when their params differ only in the seed. --experiment NAME alone compares the studies in NAME (its top-level runs if it has none). ▲/▼ mark the highest/lowest mean when its 95% interval misses the next one's. --html of one study is also logged to it as compare/report.html.
+    """  # noqa: E501
+    from .compare import main as run_compare
+
+    try:
+        note = lambda m: typer.echo(m, err=True)  # noqa: E731
+        run_compare(ids or [], experiment, metric, sort, as_json, html, note)
+    except UserError as e:
+        raise _fail(e) from None
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON schema of recipes, component params included (for editors)."""
     from .manager import load_plugins
