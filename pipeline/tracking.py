@@ -144,6 +144,10 @@ def experiment_location(name: str, artifact_location: str | None) -> str | None:
     return f"{artifact_location}/{safe}"
 
 
+#: The MLflow UI opens an experiment with this tag on its training-runs view (GenAI otherwise).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(c: Any, name: str, artifact_location: str | None) -> str:
     """The id of experiment ``name``, created if missing; safe when several processes (a
     study's workers, or independent runs on one server) create it at the same moment."""
@@ -154,7 +158,9 @@ def get_or_create_experiment(c: Any, name: str, artifact_location: str | None) -
         return exp.experiment_id
     try:
         return c.create_experiment(
-            name, artifact_location=experiment_location(name, artifact_location)
+            name,
+            artifact_location=experiment_location(name, artifact_location),
+            tags=EXPERIMENT_KIND,
         )
     except MlflowException as e:
         exp = c.get_experiment_by_name(name)  # another process created it first
