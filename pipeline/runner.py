@@ -229,7 +229,8 @@ def run(
     recipe = resolved.recipe
     device = pick_device(recipe.experiment.device)  # before the run: a user error writes nothing
     seed_everything(recipe.experiment.seed)
-    run_name = recipe.experiment.run_name or f"{recipe.experiment.name}-{secrets.token_hex(3)}"
+    stem = Path(resolved.source).stem or recipe.experiment.name
+    run_name = recipe.experiment.run_name or f"{stem}-{secrets.token_hex(3)}"
     tags = run_tags(resolved, plugins, device)
     tags.update(extra_tags or {})
     if parent_run_id:
