@@ -455,6 +455,9 @@ def compare(
         typer.Option("--metric", "-m", help="show these metrics (repeatable; default: all)"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON document on stdout")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="one Markdown table on stdout (for docs)")
+    ] = False,
     html: Annotated[
         Path | None,
         typer.Option("--html", help="also write an HTML report with curves", dir_okay=False),
@@ -468,7 +471,7 @@ def compare(
 
     try:
         note = lambda m: typer.echo(m, err=True)  # noqa: E731
-        run_compare(ids or [], experiment, metric, sort, as_json, html, note)
+        run_compare(ids or [], experiment, metric, sort, as_json, html, note, markdown)
     except UserError as e:
         raise _fail(e) from None
 

@@ -340,12 +340,13 @@ def main(
     as_json: bool = False,
     html: Any = None,
     note: Callable[[str], None] = print,
+    markdown: bool = False,
 ) -> Comparison:
     """``gan-pipe compare``: the table (or JSON) on stdout, notes and progress via ``note``."""
     import json
     from pathlib import Path
 
-    from .compare_table import render, to_json
+    from .compare_table import render, render_markdown, to_json
 
     c = _store()
     comp = build(c, ids, experiment, metrics, sort)
@@ -364,6 +365,8 @@ def main(
             note(f"and logged to study run {study_id} as artifact compare/report.html")
     if as_json:
         print(json.dumps(to_json(comp), indent=2, allow_nan=False))
+    elif markdown:
+        render_markdown(comp)
     else:
         render(comp)
     return comp

@@ -111,6 +111,28 @@ def render(comp: Comparison, file: TextIO | None = None, width: int | None = Non
     console.print(LEGEND, markup=False)
 
 
+def render_markdown(comp: Comparison, file: TextIO | None = None) -> None:
+    """The comparison as one Markdown table (for docs and notebooks): the variant, its runs,
+    the differing params, then each metric's cell as on the terminal, then the legend."""
+    out = file or sys.stdout
+
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    columns = ["variant", "runs", *comp.differing, *comp.metrics]
+    print(
+        "| " + " | ".join(f"`{c}`" if "/" in c or "." in c else c for c in columns) + " |", file=out
+    )
+    print("|" + " --- |" * len(columns), file=out)
+    for row in comp.rows:
+        cells = [row.label, _runs_cell(row)]
+        cells += [str(row.params.get(k, "-")) for k in comp.differing]
+        cells += [_cell(row, k) for k in comp.metrics]
+        print("| " + " | ".join(esc(c) for c in cells) + " |", file=out)
+    print("", file=out)
+    print(LEGEND, file=out)
+
+
 # ------------------------------------------------------------------ JSON
 def _finite(v: Any) -> Any:
     return v if not isinstance(v, float) or math.isfinite(v) else None

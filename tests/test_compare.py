@@ -440,3 +440,20 @@ def test_html_report_of_real_runs(store):
     assert [f.path for f in c.list_artifacts(sid, "compare")] == ["compare/report.html"]
     logged = c.download_artifacts(sid, "compare/report.html", str(store))
     assert open(logged, encoding="utf-8").read() == page
+
+
+def test_markdown_table_has_a_row_per_variant_with_the_same_cells(store):
+    sid, _ = make_study(
+        "md",
+        [
+            {"label": "a|b", "params": {"lr": 1}, "seeds": _seeds([1.0, 2.0, 3.0])},
+            {"label": "c", "params": {"lr": 2}, "seeds": _seeds([10.0, 11.0, 12.0])},
+        ],
+    )
+    lines = compare(sid, "--markdown").stdout.splitlines()
+    assert lines[0] == "| variant | runs | lr | `eval/score` |"
+    assert lines[1] == "| --- | --- | --- | --- |"
+    _, _, lo, hi = _t_interval([1.0, 2.0, 3.0])
+    assert lines[2].startswith("| a\\|b | 3 | 1 | 2 ± ")  # a | in a label is escaped
+    assert f"{(hi - lo) / 2:.3g}" in lines[2] and "(n=3)" in lines[2]
+    assert lines[3].startswith("| c | 3 | 2 | 11 ± ") and "▲" in lines[3]
