@@ -31,13 +31,15 @@ from typing import Any
 from .errors import UserError
 from .evaluation import is_setting
 from .stats import Summary, overlap, rate, summarize
+from .study import PARENT
+from .study import TAG_KIND as KIND
+from .study import TAG_STUDY as STUDY
 
 HIGH, LOW = "▲", "▼"
 #: params that name a run rather than set it up: never a reason to tell rows apart
 NAMING = ("experiment.seed", "experiment.run_name", "experiment.description")
 #: a variant's derived values next to each mean or rate (not metrics of their own)
 DERIVED = (".std", ".n", ".k", ".ci95_lo", ".ci95_hi")
-KIND, STUDY, PARENT = "gan_pipe.kind", "gan_pipe.study", "mlflow.parentRunId"
 
 
 @dataclass
@@ -238,6 +240,17 @@ def headline_metrics(rows: list[Row]) -> list[str]:
     return sorted(evals) + sorted(rates)
 
 
+def _study_metrics(sources: list[Source], available: set[str]) -> list[str]:
+    """The metrics the compared studies name (``metrics`` in a study file), and their rates:
+    the default columns when every source is such a study."""
+    named = [s.run.data.tags.get("gan_pipe.study_metrics", "") for s in sources]
+    if not sources or any(s.kind != "study" for s in sources) or not all(named):
+        return []
+    keys = [k for text in named for k in text.split(",")]
+    keys = [k for k in dict.fromkeys(keys) if any(a in available for a in (k, f"eval/{k}"))]
+    return keys + sorted(k for k in available if k.startswith("rate/") and "." not in k)
+
+
 def _available(rows: list[Row]) -> set[str]:
     keys = {k for row in rows for run in row.runs for k in run.data.metrics}
     return {k for k in keys if not k.endswith(DERIVED)} | {k for row in rows for k in row.rates}
@@ -303,6 +316,7 @@ def build(
     if not rows:
         raise UserError("these studies have no variant runs yet")
     available = _available(rows)
+    metrics = metrics or _study_metrics(sources, available)
     chosen = [pick_metric(m, available) for m in metrics] if metrics else headline_metrics(rows)
     descending = not (sort or "").startswith("-")
     sort_key = pick_metric(sort.removeprefix("-"), available) if sort else None

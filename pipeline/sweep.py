@@ -106,6 +106,8 @@ def study_run(client: Any, exp_id: str, spec: StudySpec) -> Any:
         }
         client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
     client.set_tag(run.info.run_id, "gan_pipe.seeds", _seed_text(spec.seeds))
+    if spec.metrics:  # gan-pipe compare shows these by default
+        client.set_tag(run.info.run_id, "gan_pipe.study_metrics", ",".join(spec.metrics))
     client.log_dict(run.info.run_id, spec.model_dump(mode="json"), "study/study.json")
     return run
 
