@@ -7,16 +7,75 @@ component; its ``params`` table is validated against that model.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticCustomError
 
 from .errors import PluginError, UserError, did_you_mean
 
 #: The kinds of components, in the order the stages use them.
 KINDS = ("dataset", "generator", "discriminator", "loss", "regularizer", "metric", "report")
+
+
+def _unusable(data: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any, str]]:
+    """(loc, value, problem) of every value no recipe setting takes: NaN and infinities (TOML has
+    ``nan`` and ``inf``) and TOML dates and times."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _unusable(v, (*loc, k))
+    elif isinstance(data, list | tuple):
+        for i, v in enumerate(data):
+            yield from _unusable(v, (*loc, i))
+    elif isinstance(data, float) and not math.isfinite(data):
+        yield loc, data, "expected a finite number (nan and inf are not accepted)"
+    elif isinstance(data, dt.date | dt.time):
+        yield loc, data, "a TOML date or time is not a setting; quote it to make it a string"
+
+
+def strict_validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    """Validate recipe data against ``model`` with no type coercion.
+
+    TOML values have explicit types, so a string is never read as a number (``lr = "2e-4"``),
+    a number never as a string, a boolean never as an integer, and a float never as an int;
+    an integer is a fine float (``lr = 1``). Arrays validate as tuples (``betas = [0.5, 0.9]``)
+    and strings as paths and enums: pydantic's strict JSON mode, which this is. NaN, infinities
+    and TOML dates are errors wherever they appear, ``Any``-typed settings included.
+    Raises :class:`pydantic.ValidationError`."""
+    bad = list(_unusable(data))
+    try:
+        validated = model.model_validate_json(json.dumps(data, default=str), strict=True)
+    except ValidationError as e:
+        if not bad:
+            raise
+        errors = e.errors(include_url=False)
+    else:
+        if not bad:
+            return validated
+        errors = []
+    # Report the unusable values with every other problem (not at the values themselves: an
+    # int setting given nan would also say "expected an integer").
+    locs = {loc for loc, _, _ in bad}
+    details: list[Any] = [
+        {"type": PydanticCustomError("not_finite", why), "loc": loc, "input": value}
+        for loc, value, why in bad
+    ]
+    for err in errors:
+        if tuple(err["loc"]) not in locs:
+            ctx = {k: v for k, v in (err.get("ctx") or {}).items() if k != "error"}
+            details.append(
+                {
+                    "type": PydanticCustomError(err["type"], err["msg"], ctx or None),
+                    "loc": tuple(err["loc"]),
+                    "input": err.get("input"),
+                }
+            )
+    raise ValidationError.from_exception_data(model.__name__, details)
 
 
 class NoParams(BaseModel):
@@ -42,8 +101,9 @@ class Component:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate_params(self, raw: dict[str, Any] | None) -> BaseModel:
-        """Validate a recipe's params table (raises pydantic.ValidationError)."""
-        return self.params.model_validate(raw or {})
+        """Validate a recipe's params table strictly (see :func:`strict_validate`; raises
+        pydantic.ValidationError)."""
+        return strict_validate(self.params, raw or {})
 
 
 class Registry:
