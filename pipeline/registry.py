@@ -8,7 +8,6 @@ component; its ``params`` table is validated against that model.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,31 +37,62 @@ def _unusable(data: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any,
         yield loc, data, "a TOML date or time is not a setting; quote it to make it a string"
 
 
+#: What a TOML scalar of each type is called in messages: (as expected, as given).
+_KINDS = {
+    bool: ("boolean", "the boolean"),
+    int: ("integer", "the integer"),
+    float: ("number", "the float"),
+    str: ("string", "the string"),
+}
+
+
+def _coerced(raw: Any, done: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple, Any, str]]:
+    """(loc, value, problem) of every scalar of ``raw`` that validation turned into a scalar of
+    another type (``done`` is the validated model's dump). An int that became a float is fine;
+    keys a validator renamed or dropped, and values that became objects (enums, paths), are
+    not compared."""
+    if isinstance(raw, dict):
+        if isinstance(done, dict):
+            for k, v in raw.items():
+                if k in done:
+                    yield from _coerced(v, done[k], (*loc, k))
+    elif isinstance(raw, list | tuple):
+        if isinstance(done, list | tuple) and len(done) == len(raw):
+            for i, (a, b) in enumerate(zip(raw, done, strict=True)):
+                yield from _coerced(a, b, (*loc, i))
+    elif type(raw) in _KINDS and type(done) in _KINDS and type(raw) is not type(done):
+        if not (type(raw) is int and type(done) is float):
+            want, given = _KINDS[type(done)][0], _KINDS[type(raw)][1]
+            yield loc, raw, f"input should be a valid {want}, not {given} {raw!r}"
+
+
 def strict_validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
     """Validate recipe data against ``model`` with no type coercion.
 
     TOML values have explicit types, so a string is never read as a number (``lr = "2e-4"``),
-    a number never as a string, a boolean never as an integer, and a float never as an int;
-    an integer is a fine float (``lr = 1``). Arrays validate as tuples (``betas = [0.5, 0.9]``)
-    and strings as paths and enums: pydantic's strict JSON mode, which this is. NaN, infinities
-    and TOML dates are errors wherever they appear, ``Any``-typed settings included.
-    Raises :class:`pydantic.ValidationError`."""
+    a number never as a string or a boolean, a boolean never as a number, and a float never as
+    an int; an integer is a fine float (``lr = 1``), an array a fine tuple (``betas``).
+    pydantic validates as usual (its strict mode would refuse arrays for tuples, and its strict
+    JSON mode falls back to that behind any ``mode="before"`` validator), then every value that
+    changed type is an error. NaN, infinities and TOML dates are errors wherever they appear,
+    ``Any``-typed settings included. Raises :class:`pydantic.ValidationError`."""
     bad = list(_unusable(data))
+    errors: list[Any] = []
     try:
-        validated = model.model_validate_json(json.dumps(data, default=str), strict=True)
+        validated = model.model_validate(data)
     except ValidationError as e:
-        if not bad:
-            raise
         errors = e.errors(include_url=False)
     else:
+        bad += [
+            c for c in _coerced(data, validated.model_dump()) if c[0] not in {b[0] for b in bad}
+        ]
         if not bad:
             return validated
-        errors = []
     # Report the unusable values with every other problem (not at the values themselves: an
     # int setting given nan would also say "expected an integer").
     locs = {loc for loc, _, _ in bad}
     details: list[Any] = [
-        {"type": PydanticCustomError("not_finite", why), "loc": loc, "input": value}
+        {"type": PydanticCustomError("strict_type", why), "loc": loc, "input": value}
         for loc, value, why in bad
     ]
     for err in errors:
