@@ -13,12 +13,16 @@ what was expected and close matches.
 
 from __future__ import annotations
 
+import posixpath
+import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,7 +32,87 @@ from pydantic import (
 )
 
 from .errors import RecipeError, did_you_mean
-from .registry import Component, Registry
+from .registry import Component, Registry, strict_validate
+
+# ---------------------------------------------------------------- names and tags
+#: Longest experiment or run name. MLflow allows 500 characters for an experiment, but the
+#: name is also a folder (``mlartifacts/<name>``) and file systems stop at 255 bytes.
+NAME_MAX = 200
+NAME_RULE = (
+    f"1 to {NAME_MAX} printable characters (letters of any script, digits, spaces, punctuation), "
+    "no / or \\, no control characters, not only dots, no space at either end"
+)
+#: MLflow's limits on run tags (mlflow/utils/validation.py: MAX_ENTITY_KEY_LENGTH,
+#: MAX_TAG_VAL_LENGTH) and its rule for tag keys (validate_param_and_metric_name).
+TAG_KEY_MAX = 250
+TAG_VALUE_MAX = 8000
+_TAG_KEY = re.compile(r"[\w./\- :]+")
+#: Tags that MLflow (``mlflow.*``) and gan-pipe (``gan_pipe.*`` and the keys below) set on
+#: every run; a user tag must not replace them.
+RESERVED_TAG_PREFIXES = ("mlflow.", "gan_pipe.")
+RESERVED_TAG_KEYS = ("device", "torch.version", "git.commit")
+_TAG_HINTS = {
+    "mlflow.runname": "; set the run name with experiment.run_name",
+    "mlflow.note.content": "; set the run description with experiment.description",
+}
+
+
+def check_name(v: str) -> str:
+    """An experiment or run name that MLflow stores and a folder can carry (:data:`NAME_RULE`)."""
+    if not v:
+        raise ValueError(f"a name cannot be empty; expected {NAME_RULE}")
+    if len(v) > NAME_MAX:
+        raise ValueError(f"the name is {len(v)} characters long; at most {NAME_MAX} are allowed")
+    sep = [c for c in "/\\" if c in v]
+    if sep:
+        raise ValueError(
+            f"the name contains {sep[0]!r}, a path separator (artifacts would go to another "
+            "folder); use - or _ instead"
+        )
+    odd = next((c for c in v if unicodedata.category(c).startswith("C")), None)
+    if odd is not None:
+        raise ValueError(
+            f"the name contains the control or invisible character U+{ord(odd):04X}; "
+            "use printable characters only"
+        )
+    if set(v) == {"."}:
+        raise ValueError("a name of only dots is a folder ('.' or '..'); use letters or digits")
+    if v != v.strip():
+        raise ValueError("the name starts or ends with white space; remove it")
+    return v
+
+
+def check_tag_key(key: str) -> str:
+    low = key.casefold()
+    if low.startswith(RESERVED_TAG_PREFIXES) or low in RESERVED_TAG_KEYS:
+        raise ValueError(
+            f"tags starting with {' or '.join(repr(p) for p in RESERVED_TAG_PREFIXES)} (and "
+            f"{', '.join(repr(k) for k in RESERVED_TAG_KEYS)}) are MLflow's and gan-pipe's own, "
+            f"set on every run; use another key{_TAG_HINTS.get(low, '')}"
+        )
+    if len(key) > TAG_KEY_MAX:
+        raise ValueError(f"a tag key is at most {TAG_KEY_MAX} characters (this has {len(key)})")
+    if not _TAG_KEY.fullmatch(key):
+        raise ValueError(
+            "a tag key may only contain letters, digits, _ - . / : and spaces (MLflow's rule)"
+        )
+    norm = posixpath.normpath(key)
+    if norm != key or norm == "." or norm.startswith(("..", "/")):
+        raise ValueError(f"MLflow refuses tag keys that read as another path ({norm!r})")
+    return key
+
+
+def check_tag_value(value: str) -> str:
+    if len(value) > TAG_VALUE_MAX:
+        raise ValueError(
+            f"a tag value is at most {TAG_VALUE_MAX} characters (this has {len(value)})"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+TagKey = Annotated[str, AfterValidator(check_tag_key)]
+TagValue = Annotated[str, AfterValidator(check_tag_value)]
 
 
 class _Strict(BaseModel):
@@ -43,16 +127,27 @@ class ComponentRef(_Strict):
 
 
 class Experiment(_Strict):
-    name: str = Field(description="MLflow experiment name; runs are named after it")
+    name: Name = Field(description=f"MLflow experiment name; runs are named after it ({NAME_RULE})")
     seed: int = Field(0, description="seed of torch, numpy and Python's random")
     device: str = Field(
         "auto", description="'auto' (GPU when there is one), 'cpu', 'cuda', 'cuda:1'"
     )
-    run_name: str | None = Field(
-        None, description="MLflow run name (default: the experiment name and a random suffix)"
+    run_name: Name | None = Field(
+        None,
+        description="MLflow run name (default: the experiment name and a random suffix); "
+        f"{NAME_RULE}",
     )
-    description: str = Field("", description="the run's MLflow description (mlflow.note.content)")
-    tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow tags")
+    description: str = Field(
+        "",
+        max_length=TAG_VALUE_MAX,
+        description="the run's MLflow description (mlflow.note.content)",
+    )
+    tags: dict[TagKey, TagValue] = Field(
+        default_factory=dict,
+        description="extra MLflow tags; keys starting with 'mlflow.' or 'gan_pipe.' and "
+        "'device', 'torch.version', 'git.commit' are reserved; keys up to "
+        f"{TAG_KEY_MAX} characters, values up to {TAG_VALUE_MAX}",
+    )
 
     @field_validator("device")
     @classmethod
@@ -281,47 +376,93 @@ class ResolvedRecipe:
 
 # ---------------------------------------------------------------- TOML + overrides
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"train.lr=1e-4"`` -> (["train", "lr"], 1e-4). Values are TOML; bare words are strings."""
+    """``"train.lr=1e-4"`` -> (["train", "lr"], 1e-4). The value is one TOML value; a bare word
+    (no quotes, spaces or brackets, not valid TOML) is a string: ``loss.name=minimax``.
+
+    Anything else is an error, never half applied: a value followed by more TOML (``1\nx = 2``,
+    a ``[table]`` header), text with control characters, an unclosed list or string."""
     if "=" not in item:
         raise RecipeError("--set", [f"{item!r}: expected KEY=VALUE, e.g. train.lr=1e-4"])
     key, _, raw = item.partition("=")
     key, raw = key.strip(), raw.strip()
-    if not key or any(not p for p in key.split(".")):
+    if not key or any(not p.strip() for p in key.split(".")):
         raise RecipeError(
             "--set", [f"{item!r}: the key path {key!r} is empty or has an empty part"]
         )
+    odd = next((c for c in key if unicodedata.category(c).startswith("C")), None)
+    if odd is not None:
+        raise RecipeError(
+            "--set", [f"{item!r}: the key path contains the control character U+{ord(odd):04X}"]
+        )
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        doc = tomllib.loads(f"v = {raw}")
     except tomllib.TOMLDecodeError as e:
-        if raw[:1] in "[{\"'":
-            # Meant as a TOML list, table or string: a typo here is not a bare word.
-            raise RecipeError("--set", [f"{item!r}: the value is not valid TOML ({e})"]) from None
-        value = raw
-    return key.split("."), value
+        why = str(e).split(" (at ")[0]  # its line and column are those of "v = ..."
+        if not _BARE_WORD.fullmatch(raw):
+            # Meant as a list, table or string, or more than one word: not a bare word.
+            raise RecipeError(
+                "--set",
+                [
+                    f"{item!r}: the value is not valid TOML ({why}); quote a string "
+                    f"({key}='\"...\"'), or give one number, boolean, [list] or {{table}}"
+                ],
+            ) from None
+        value: Any = raw
+    else:
+        if list(doc) != ["v"]:
+            raise RecipeError(
+                "--set",
+                [
+                    f"{item!r}: the value is more than one TOML value (it goes on with "
+                    f"{', '.join(repr(k) for k in doc if k != 'v')}); give one value per --set"
+                ],
+            )
+        value = doc["v"]
+    return [p.strip() for p in key.split(".")], value
 
 
-def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+#: A value ``--set`` takes as a string although it is not TOML: one word of letters, digits
+#: and ``_ - . : / + @ ,`` (``minimax``, ``wgan-gp``, ``cuda:1``, ``data/mnist``). A typo in a
+#: number (``2e-4x``) is such a word too; strict validation refuses it where a number belongs.
+_BARE_WORD = re.compile(r"[\w\-.:/+@,]+")
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> list[str]:
+    """Set ``path`` to ``value`` in ``data``; returns the key paths set.
+
+    An inline table merges into the table already there, key by key (``--set
+    train={lr=1e-4, n_critic=5}`` is ``train.lr`` and ``train.n_critic``), so it never drops
+    the table's other keys; a list, or a table where there was none, replaces what was there."""
     node: Any = data
     for i, part in enumerate(path[:-1]):
+        where = ".".join(path[: i + 1])
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                where = ".".join(path[: i + 1])
                 raise RecipeError(
                     "--set", [f"{where}: no list item {part!r} (list has {len(node)})"]
                 )
             node = node[int(part)]
         else:
             node = node.setdefault(part, {})
-            if not isinstance(node, dict | list):
-                where = ".".join(path[: i + 1])
-                raise RecipeError("--set", [f"{where} is a value ({node!r}), not a table"])
+        if not isinstance(node, dict | list):
+            raise RecipeError("--set", [f"{where} is a value ({_shown(node)}), not a table"])
     last = path[-1]
+    dotted = ".".join(path)
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
-            raise RecipeError("--set", [f"{'.'.join(path)}: no list item {last!r}"])
-        node[int(last)] = value
+            raise RecipeError("--set", [f"{dotted}: no list item {last!r} (list has {len(node)})"])
+        index: Any = int(last)
+        current = node[index]
     else:
-        node[last] = value
+        index = last
+        current = node.get(last)
+    if isinstance(value, dict) and isinstance(current, dict) and value:
+        done = []
+        for k, v in value.items():
+            done += apply_override(current, [k], v)
+        return [f"{dotted}.{k}" for k in done]
+    node[index] = value
+    return [dotted]
 
 
 def load_toml(path: Path) -> tuple[dict[str, Any], str]:
@@ -345,6 +486,7 @@ def _describe_expected(err: dict[str, Any]) -> str:
     ctx = err.get("ctx") or {}
     if err["type"] == "literal_error" and "expected" in ctx:
         return f"expected one of {ctx['expected']}"
+    msg = msg.removeprefix("Value error, ")
     return msg[0].lower() + msg[1:] if msg else err["type"]
 
 
@@ -376,25 +518,38 @@ def _format_loc(prefix: str, loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, shortened when long (a 10,000-character name is not worth echoing)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters"
+    return f"{text[: limit - 20]}... ({size})"
+
+
 def format_validation_errors(
     exc: ValidationError, model: type[BaseModel], prefix: str = ""
 ) -> list[str]:
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        where = _format_loc(prefix, loc)
         value = err.get("input")
+        if loc and loc[-1] == "[key]":  # a dict key (a tag's) that is not allowed
+            where = _format_loc(prefix, loc[:-2])
+            problems.append(f"{where}: key {_shown(value)}: {_describe_expected(err)}")
+            continue
+        where = _format_loc(prefix, loc)
         if err["type"] == "extra_forbidden":
             known = _fields_at(model, loc[:-1])
             hint = did_you_mean(str(loc[-1]), known)
-            msg = f"{where} = {value!r}: unknown key{hint}"
+            msg = f"{where} = {_shown(value)}: unknown key{hint}"
             if not hint and known:
                 msg += f"; allowed keys here: {', '.join(known)}"
             problems.append(msg)
         elif err["type"] == "missing":
             problems.append(f"{where}: required key is missing")
         else:
-            problems.append(f"{where} = {value!r}: {_describe_expected(err)}")
+            problems.append(f"{where} = {_shown(value)}: {_describe_expected(err)}")
     return problems
 
 
@@ -418,7 +573,7 @@ def resolve(
 ) -> ResolvedRecipe:
     """Validate a parsed recipe against the schema and the registered components."""
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = strict_validate(Recipe, data)
     except ValidationError as e:
         raise RecipeError(source, format_validation_errors(e, Recipe)) from None
 
@@ -453,10 +608,9 @@ def load_recipe(
     for item in overrides or []:
         keys, value = parse_override(item)
         try:
-            apply_override(data, keys, value)
+            overridden += apply_override(data, keys, value)
         except RecipeError as e:
             raise RecipeError(str(path), e.problems) from None
-        overridden.append(".".join(keys))
     try:
         resolved = resolve(data, registry, str(path), text)
         resolved.overrides = list(overrides or [])

@@ -11,6 +11,8 @@ the run records.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import secrets
 import tempfile
 import time
@@ -25,22 +27,68 @@ from .recipe import ResolvedRecipe, apply_override, parse_override, resolve
 from .runner import RunResult, execute, new_context, pick_device, seed_everything
 from .tracking import Tracker
 
+log = logging.getLogger(__name__)
 
-def _latest_checkpoint(tracker: Tracker) -> str:
+
+def _checkpoints(tracker: Tracker) -> list[str]:
     files = [f.path for f in tracker.client.list_artifacts(tracker.run_id, "checkpoints")]
     files = sorted(f for f in files if f.endswith(".pt"))
     if not files:
         raise UserError(
             f"run {tracker.run_id} has no checkpoint artifact to load the generator from"
         )
-    return files[-1]
+    return files
+
+
+def load_checkpoint(tracker: Tracker, tmp: str) -> dict[str, Any]:
+    """The newest checkpoint of the run that loads; a corrupt or empty one (a process killed
+    while writing, a damaged store) falls back to the one before, saying so. A pickle that
+    holds more than tensors and plain values is refused outright: it could run code, and
+    something other than gan-pipe put it there."""
+    import pickle
+
+    import torch
+
+    run_id = tracker.run_id
+    unreadable: list[str] = []
+    for name in reversed(_checkpoints(tracker)):
+        path = tracker.client.download_artifacts(run_id, name, tmp)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            called = re.search(r"GLOBAL ([\w.]+)", str(e))
+            if called is None:  # damaged, not dangerous: fall back below
+                unreadable.append(f"{name} (UnpicklingError: not a readable checkpoint)")
+                continue
+            raise UserError(
+                f"run {run_id}: artifact {name} is a pickle that calls {called[1]}, not a "
+                "checkpoint of tensors (torch.load(weights_only=True) refused it); it is not "
+                "loaded because it could run code, nor replaced by an older checkpoint. "
+                "gan-pipe never writes such a file: delete the artifact and check who can "
+                "write to the store"
+            ) from None
+        except Exception as e:  # noqa: BLE001 - torch raises EOFError, RuntimeError, KeyError...
+            first = (str(e).splitlines() or [""])[0][:120]
+            unreadable.append(f"{name} ({type(e).__name__}: {first})")
+            continue
+        if not (isinstance(state, dict) and "generator" in state and "step" in state):
+            unreadable.append(f"{name} (not a gan-pipe checkpoint: no generator and step)")
+            continue
+        if unreadable:
+            log.warning(
+                "run %s: the newest checkpoint could not be read, using %s instead: %s",
+                run_id,
+                name,
+                "; ".join(unreadable),
+            )
+        return state
+    raise UserError(f"run {run_id}: no checkpoint could be read: {'; '.join(unreadable)}")
 
 
 def load_logged_run(
     run_id: str, plugins: Plugins, edit: Callable[[dict[str, Any]], None], command: str
 ) -> tuple[Tracker, ResolvedRecipe, dict[str, Any]]:
     """(attached tracker, the run's resolved recipe after ``edit``, its last checkpoint)."""
-    import torch
     from mlflow.exceptions import MlflowException
 
     try:
@@ -61,8 +109,7 @@ def load_logged_run(
         data: dict[str, Any] = json.loads(Path(path).read_text())
         edit(data)
         resolved = resolve(data, plugins.registry, f"run {run_id}")
-        ckpt_path = tracker.client.download_artifacts(run_id, _latest_checkpoint(tracker), tmp)
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(tracker, tmp)
     return tracker, resolved, state
 
 

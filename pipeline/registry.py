@@ -7,16 +7,105 @@ component; its ``params`` table is validated against that model.
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticCustomError
 
 from .errors import PluginError, UserError, did_you_mean
 
 #: The kinds of components, in the order the stages use them.
 KINDS = ("dataset", "generator", "discriminator", "loss", "regularizer", "metric", "report")
+
+
+def _unusable(data: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any, str]]:
+    """(loc, value, problem) of every value no recipe setting takes: NaN and infinities (TOML has
+    ``nan`` and ``inf``) and TOML dates and times."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _unusable(v, (*loc, k))
+    elif isinstance(data, list | tuple):
+        for i, v in enumerate(data):
+            yield from _unusable(v, (*loc, i))
+    elif isinstance(data, float) and not math.isfinite(data):
+        yield loc, data, "expected a finite number (nan and inf are not accepted)"
+    elif isinstance(data, dt.date | dt.time):
+        yield loc, data, "a TOML date or time is not a setting; quote it to make it a string"
+
+
+#: What a TOML scalar of each type is called in messages: (as expected, as given).
+_KINDS = {
+    bool: ("boolean", "the boolean"),
+    int: ("integer", "the integer"),
+    float: ("number", "the float"),
+    str: ("string", "the string"),
+}
+
+
+def _coerced(raw: Any, done: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple, Any, str]]:
+    """(loc, value, problem) of every scalar of ``raw`` that validation turned into a scalar of
+    another type (``done`` is the validated model's dump). An int that became a float is fine;
+    keys a validator renamed or dropped, and values that became objects (enums, paths), are
+    not compared."""
+    if isinstance(raw, dict):
+        if isinstance(done, dict):
+            for k, v in raw.items():
+                if k in done:
+                    yield from _coerced(v, done[k], (*loc, k))
+    elif isinstance(raw, list | tuple):
+        if isinstance(done, list | tuple) and len(done) == len(raw):
+            for i, (a, b) in enumerate(zip(raw, done, strict=True)):
+                yield from _coerced(a, b, (*loc, i))
+    elif type(raw) in _KINDS and type(done) in _KINDS and type(raw) is not type(done):
+        if not (type(raw) is int and type(done) is float):
+            want, given = _KINDS[type(done)][0], _KINDS[type(raw)][1]
+            yield loc, raw, f"input should be a valid {want}, not {given} {raw!r}"
+
+
+def strict_validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    """Validate recipe data against ``model`` with no type coercion.
+
+    TOML values have explicit types, so a string is never read as a number (``lr = "2e-4"``),
+    a number never as a string or a boolean, a boolean never as a number, and a float never as
+    an int; an integer is a fine float (``lr = 1``), an array a fine tuple (``betas``).
+    pydantic validates as usual (its strict mode would refuse arrays for tuples, and its strict
+    JSON mode falls back to that behind any ``mode="before"`` validator), then every value that
+    changed type is an error. NaN, infinities and TOML dates are errors wherever they appear,
+    ``Any``-typed settings included. Raises :class:`pydantic.ValidationError`."""
+    bad = list(_unusable(data))
+    errors: list[Any] = []
+    try:
+        validated = model.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+    else:
+        bad += [
+            c for c in _coerced(data, validated.model_dump()) if c[0] not in {b[0] for b in bad}
+        ]
+        if not bad:
+            return validated
+    # Report the unusable values with every other problem (not at the values themselves: an
+    # int setting given nan would also say "expected an integer").
+    locs = {loc for loc, _, _ in bad}
+    details: list[Any] = [
+        {"type": PydanticCustomError("strict_type", why), "loc": loc, "input": value}
+        for loc, value, why in bad
+    ]
+    for err in errors:
+        if tuple(err["loc"]) not in locs:
+            ctx = {k: v for k, v in (err.get("ctx") or {}).items() if k != "error"}
+            details.append(
+                {
+                    "type": PydanticCustomError(err["type"], err["msg"], ctx or None),
+                    "loc": tuple(err["loc"]),
+                    "input": err.get("input"),
+                }
+            )
+    raise ValidationError.from_exception_data(model.__name__, details)
 
 
 class NoParams(BaseModel):
@@ -42,8 +131,9 @@ class Component:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate_params(self, raw: dict[str, Any] | None) -> BaseModel:
-        """Validate a recipe's params table (raises pydantic.ValidationError)."""
-        return self.params.model_validate(raw or {})
+        """Validate a recipe's params table strictly (see :func:`strict_validate`; raises
+        pydantic.ValidationError)."""
+        return strict_validate(self.params, raw or {})
 
 
 class Registry:

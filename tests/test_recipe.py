@@ -168,3 +168,193 @@ def test_problems_from_the_command_line_say_so(tmp_path, registry):
 def test_bracketed_override_must_be_toml():
     with pytest.raises(RecipeError, match="not valid TOML"):
         parse_override("train.betas=[0.0,0.9")
+
+
+# ---------------------------------------------------------------- names
+def with_experiment(extra: str) -> str:
+    return MINIMAL.replace('[experiment]\nname = "t"\n', f"[experiment]\n{extra}\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("", "cannot be empty"),
+        (".", "only dots"),
+        ("..", "only dots"),
+        ("runs/../../etc", "path separator"),
+        ("a\\\\b", "path separator"),
+        ("x" * 201, "201 characters long"),
+        ("x" * 495, "495 characters long"),
+        ("x" * 10_000, "10000 characters long"),
+        ("a\\nb", "U+000A"),
+        ("a\\u200bb", "U+200B"),
+        (" padded", "white space"),
+    ],
+)
+@pytest.mark.parametrize("key", ["name", "run_name"])
+def test_unsafe_names_are_refused(tmp_path, registry, key, name, why):
+    extra = f'name = "ok"\n{key} = "{name}"' if key == "run_name" else f'name = "{name}"'
+    (p,) = problems(tmp_path, registry, with_experiment(extra))
+    assert p.startswith(f"experiment.{key} = ") and why in p
+    assert len(p) < 400  # a 10,000-character name is not echoed whole
+
+
+@pytest.mark.parametrize("name", ["ring8 gan", "Ünïcødé-実験 (v2)", "a.b_c-d", "x" * 200, "..a"])
+def test_safe_names_are_kept(tmp_path, registry, name):
+    text = with_experiment(f'name = "{name}"\nrun_name = "{name}"')
+    e = load_recipe(write(tmp_path / "r.toml", text), registry).recipe.experiment
+    assert e.name == name and e.run_name == name
+
+
+# ---------------------------------------------------------------- tags
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("mlflow.runName", "experiment.run_name"),
+        ("MLflow.parentRunId", "use another key"),
+        ("mlflow.note.content", "experiment.description"),
+        ("gan_pipe.recipe", "use another key"),
+        ("device", "use another key"),
+    ],
+)
+def test_reserved_tags_are_refused(tmp_path, registry, key, hint):
+    text = with_experiment(f'name = "t"\ntags = {{"{key}" = "mine", team = "vision"}}')
+    (p,) = problems(tmp_path, registry, text)
+    assert p.startswith(f"experiment.tags: key {key!r}") and hint in p
+    assert "'mlflow.'" in p and "'gan_pipe.'" in p
+
+
+@pytest.mark.parametrize(
+    ("tags", "why"),
+    [
+        ('{"k\\n" = "v"}', "only contain"),
+        ('{"a/../b" = "v"}', "another path"),
+        ('{"/abs" = "v"}', "another path"),
+        (f'{{"{"k" * 251}" = "v"}}', "at most 250"),
+    ],
+)
+def test_tag_keys_follow_mlflow_rules(tmp_path, registry, tags, why):
+    (p,) = problems(tmp_path, registry, with_experiment(f'name = "t"\ntags = {tags}'))
+    assert p.startswith("experiment.tags: key") and why in p
+
+
+def test_tag_values_and_description_fit_mlflow(tmp_path, registry):
+    from gan_pipe.recipe import TAG_VALUE_MAX
+
+    ok = with_experiment(f'name = "t"\ntags = {{team = "{"v" * TAG_VALUE_MAX}"}}')
+    assert len(load_recipe(write(tmp_path / "r.toml", ok), registry).recipe.experiment.tags["team"])
+    long = "v" * (TAG_VALUE_MAX + 1)
+    (p,) = problems(tmp_path, registry, with_experiment(f'name = "t"\ntags = {{team = "{long}"}}'))
+    assert p.startswith("experiment.tags.team = ") and f"at most {TAG_VALUE_MAX}" in p
+    (p,) = problems(tmp_path, registry, with_experiment(f'name = "t"\ndescription = "{long}"'))
+    assert p.startswith("experiment.description = ") and str(TAG_VALUE_MAX) in p
+
+
+# ---------------------------------------------------------------- strict types
+@pytest.mark.parametrize(
+    ("section", "line", "expected"),
+    [
+        ("train", 'lr = "2e-4"', "valid number"),
+        ("train", "batch_size = 64.0", "valid integer"),
+        ("train", "batch_size = true", "valid integer"),
+        ("train", "lr = true", "valid number"),
+        ("train", "progress = 1", "valid boolean"),
+        ("train", 'betas = ["0.5", 0.9]', "valid number"),
+        ("noise", 'dim = "20"', "valid integer"),
+        ("loss.params", 'real_label = "0.9"', "valid number"),
+        ("model.generator.params", "n_filters = 64.0", "valid integer"),
+        ("data.params", "image_size = 1.6e1", "valid integer"),
+    ],
+)
+def test_no_type_coercion(tmp_path, registry, section, line, expected):
+    (p,) = problems(tmp_path, registry, MINIMAL + f"\n[{section}]\n{line}\n")
+    key = line.split(" = ")[0]
+    assert p.startswith(f"{section}.{key}") and expected in p
+
+
+def test_experiment_name_must_be_a_string(tmp_path, registry):
+    (p,) = problems(tmp_path, registry, with_experiment("name = 3"))
+    assert p == "experiment.name = 3: input should be a valid string"
+
+
+def test_ints_are_floats_and_arrays_are_tuples(tmp_path, registry):
+    text = MINIMAL + "\n[train]\nlr = 1\nbetas = [0, 0.999]\n[loss.params]\nreal_label = 1\n"
+    r = load_recipe(write(tmp_path / "r.toml", text), registry)
+    assert r.recipe.train.lr == 1.0 and isinstance(r.recipe.train.lr, float)
+    assert r.recipe.train.betas == (0.0, 0.999) and isinstance(r.recipe.train.betas, tuple)
+    assert isinstance(r.params["loss"].real_label, float)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "+nan"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "train.lr",
+        "train.batch_size",
+        "train.generator.lr",
+        "loss.params.real_label",
+        "success.ok.modes.min",
+        "model.generator.params.no_such_key",
+    ],
+)
+def test_non_finite_numbers_are_refused(tmp_path, registry, where, value):
+    ps = problems(tmp_path, registry, MINIMAL, [f"{where}={value}"])
+    assert ps == [
+        f"{where} = {float(value)!r}: expected a finite number (nan and inf are not accepted)"
+        " (set with --set)"
+    ]
+
+
+def test_non_finite_reported_with_the_other_problems(tmp_path, registry):
+    text = MINIMAL + '\n[train]\nlr = nan\nbatch_size = "big"\nlrr = 1\n'
+    ps = problems(tmp_path, registry, text)
+    assert sorted(p.split(" = ")[0] for p in ps) == ["train.batch_size", "train.lr", "train.lrr"]
+
+
+def test_toml_dates_are_refused(tmp_path, registry):
+    (p,) = problems(tmp_path, registry, with_experiment('name = "t"\ndescription = 2024-05-01'))
+    assert p.startswith("experiment.description = datetime.date(2024, 5, 1)") and "quote" in p
+
+
+# ---------------------------------------------------------------- --set applies whole or not
+@pytest.mark.parametrize(
+    "item",
+    [
+        "train.lr=1e-4\ntrain.steps=5",
+        "train.lr=1e-4\n[data]\nname = 'mnist'",
+        "experiment.name=my run",
+        "train.lr='1e-4",
+        "train.lr=",
+        "loss.name=minimax\nwgan",
+        "train.l\nr=1",
+    ],
+)
+def test_set_is_one_value_or_an_error(tmp_path, registry, item):
+    path = write(tmp_path / "r.toml", MINIMAL)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, registry, [item])
+    assert info.value.source == "--set" and repr(item) in str(info.value)
+
+
+def test_set_inline_table_merges_key_by_key(tmp_path, registry):
+    text = MINIMAL + "\n[train]\nbatch_size = 32\nlr = 1e-3\n"
+    r = load_recipe(write(tmp_path / "r.toml", text), registry, ["train={lr=1e-4, n_critic=5}"])
+    t = r.recipe.train
+    assert (t.batch_size, t.lr, t.n_critic) == (32, 1e-4, 5)  # batch_size kept
+    ps = problems(tmp_path, registry, text, ["train={lr='x', bogus=1}"])
+    assert ps[0].startswith("train.lr = 'x'") and ps[0].endswith("(set with --set)")
+    assert ps[1].startswith("train.bogus = 1: unknown key") and ps[1].endswith("(set with --set)")
+
+
+def test_set_bare_words_stay_strings_and_typos_fail(tmp_path, registry):
+    assert parse_override("experiment.device=cuda:1")[1] == "cuda:1"
+    (p,) = problems(tmp_path, registry, MINIMAL, ["train.lr=2e-4x"])
+    assert p.startswith("train.lr = '2e-4x': input should be a valid number")
+
+
+def test_set_through_a_value_in_a_list_is_an_error():
+    data = {"train": {"betas": [0.5, 0.9]}}
+    with pytest.raises(RecipeError, match=r"train.betas.0 is a value \(0.5\), not a table"):
+        apply_override(data, ["train", "betas", "0", "x"], 1)
+    with pytest.raises(RecipeError, match="no list item '2'"):
+        apply_override(data, ["train", "betas", "2"], 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import os
 import tempfile
 import zlib
@@ -201,7 +202,14 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
         )
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(IDX_DTYPES[code])
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    count = math.prod(dims)  # Python ints: np.prod would wrap around at 2**63
+    # numpy refuses any shape whose non-zero dimensions multiply past its index range, even
+    # with a zero dimension elsewhere: such a header is damage, not a large data set.
+    if math.prod(d for d in dims if d) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise IdxFormatError(
+            f"{source}: corrupt IDX header: shape {dims} of {dtype.name} is larger than any "
+            "array can be; delete the file and download it again"
+        )
     expected = header + count * dtype.itemsize
     if len(data) < expected:
         raise IdxFormatError(
