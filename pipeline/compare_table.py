@@ -112,24 +112,32 @@ def render(comp: Comparison, file: TextIO | None = None, width: int | None = Non
 
 
 def render_markdown(comp: Comparison, file: TextIO | None = None) -> None:
-    """The comparison as one Markdown table (for docs and notebooks): the variant, its runs,
-    the differing params, then each metric's cell as on the terminal, then the legend."""
+    """The comparison as Markdown (for docs and notebooks): the variants with their runs and
+    differing params, then the metrics (cells as on the terminal), then the legend."""
     out = file or sys.stdout
 
     def esc(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
-    columns = ["variant", "runs", *comp.differing, *comp.metrics]
-    print(
-        "| " + " | ".join(f"`{c}`" if "/" in c or "." in c else c for c in columns) + " |", file=out
+    def table(columns: list[str], rows: list[list[str]]) -> None:
+        head = [f"`{c}`" if "/" in c or "." in c else c for c in columns]
+        print("| " + " | ".join(head) + " |", file=out)
+        print("|" + " --- |" * len(columns), file=out)
+        for cells in rows:
+            print("| " + " | ".join(esc(c) for c in cells) + " |", file=out)
+        print("", file=out)
+
+    table(
+        ["variant", "runs", *comp.differing],
+        [
+            [r.label, _runs_cell(r), *(str(r.params.get(k, "-")) for k in comp.differing)]
+            for r in comp.rows
+        ],
     )
-    print("|" + " --- |" * len(columns), file=out)
-    for row in comp.rows:
-        cells = [row.label, _runs_cell(row)]
-        cells += [str(row.params.get(k, "-")) for k in comp.differing]
-        cells += [_cell(row, k) for k in comp.metrics]
-        print("| " + " | ".join(esc(c) for c in cells) + " |", file=out)
-    print("", file=out)
+    table(
+        ["variant", *comp.metrics],
+        [[r.label, *(_cell(r, k) for k in comp.metrics)] for r in comp.rows],
+    )
     print(LEGEND, file=out)
 
 
