@@ -308,7 +308,8 @@ def _follow(outcomes: Iterator[SeedOutcome], total: int, echo: Callable[[str], N
     started = time.monotonic()
     for i, o in enumerate(outcomes, 1):
         took = time.monotonic() - started
-        line = f"[{i}/{total} {took:.0f}s] {o.label} seed {o.seed}: {o.status}"
+        eta = f", ~{took / i * (total - i) / 60:.0f} min left" if i < total else ""
+        line = f"[{i}/{total} {took:.0f}s{eta}] {o.label} seed {o.seed}: {o.status}"
         if o.run_id:
             line += f" (run {o.run_id})"
         if o.error:
