@@ -244,3 +244,25 @@ def test_dry_run_lists_the_plan_and_writes_no_run(workdir):
 
     c = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     assert c.get_experiment_by_name("tiny-ring") is None
+
+
+@pytest.mark.slow
+def test_a_seed_run_equals_a_plain_run_of_that_seed(workdir):
+    """What the study reports for seed 3 is what `gan-pipe run --set experiment.seed=3` gives:
+    a study's results can be checked by re-running any of its seeds."""
+    path = write(workdir / "tiny.toml", TINY)
+    res = runner.invoke(app, ["sweep", str(path), "--seeds", "3-3", "--name", "check"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["run", str(path), "--set", "experiment.seed=3"])
+    assert res.exit_code == 0, res.output
+    c, kind = _tree(workdir)
+    (seed_run,) = kind["seed"]
+    plain = next(
+        r
+        for r in c.search_runs([seed_run.info.experiment_id])
+        if "gan_pipe.kind" not in r.data.tags
+    )
+    evals = {k: v for k, v in seed_run.data.metrics.items() if k.startswith(("eval/", "train/"))}
+    assert evals and evals == {
+        k: v for k, v in plain.data.metrics.items() if k.startswith(("eval/", "train/"))
+    }
