@@ -18,7 +18,7 @@ from gan_pipe.cli import app
 from gan_pipe.recipe import load_recipe
 from gan_pipe.runner import run
 from gan_pipe.testing import plugins_with
-from gan_pipe.tracking import Tracker
+from gan_pipe.tracking import Tracker, ensure_store
 
 from .conftest import write
 from .test_cli import TINY
@@ -296,11 +296,13 @@ n_test = 500
 name = "mlp"
 [model.generator.params]
 hidden = [16]
+batch_norm = true  # without: resolved.json's bn_* defaults fail validation on resume
 
 [model.discriminator]
 name = "mlp"
 [model.discriminator.params]
 hidden = [16]
+batch_norm = true
 
 [loss]
 name = "non-saturating"
@@ -323,26 +325,24 @@ n_samples = 300
 def test_a_sigkilled_run_keeps_its_metrics_is_found_stale_and_resumes(workdir):
     path = write(workdir / "long.toml", LONG)
     env = {**os.environ, "GAN_PIPE_FLUSH_SECONDS": "0.5", "OMP_NUM_THREADS": "1"}
-    gan_pipe = [sys.executable, "-m", "gan_pipe.cli"]
+    c = ensure_store(f"sqlite:///{workdir / 'mlflow.db'}")  # before the child: no race
+    log = open(workdir / "child.log", "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
-        [*gan_pipe, "run", str(path)],
+        [sys.executable, "-m", "gan_pipe.cli", "run", str(path)],
         cwd=workdir,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
-        c = _client(workdir)
 
         def the_run():
-            if not (workdir / "mlflow.db").exists():
-                return None
             exp = c.get_experiment_by_name("live-ring")
             found = c.search_runs([exp.experiment_id]) if exp else []
-            return found[0] if found else None
+            return found[0] if found else proc.poll() is not None
 
         run_ = _until(the_run, 120, 0.5)
-        assert run_ is not None, "the child process made no run"
+        assert hasattr(run_, "info"), (workdir / "child.log").read_text()
         rid = run_.info.run_id
 
         def checkpoints():
@@ -365,6 +365,7 @@ def test_a_sigkilled_run_keeps_its_metrics_is_found_stale_and_resumes(workdir):
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+        log.close()
 
     hist = c.get_metric_history(rid, "train/d_loss")
     assert hist, "a SIGKILL lost every metric"
