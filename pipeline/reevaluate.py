@@ -118,6 +118,7 @@ def reevaluate(
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{secrets.token_hex(2)}"  # unique per call
     where = f"eval/reevaluate-{stamp}"
     try:
+        tracker.claim()
         results = evaluate(ctx, where)
         tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, ctx.step)
         tracker.log_dict(

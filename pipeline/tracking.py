@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,7 +207,10 @@ class Tracker:
     ):
         """Start a new run, or with ``attach_to`` log into an existing run without touching
         its status (``gan-pipe evaluate`` adds results to a finished run); with ``reopen`` too,
-        the run is RUNNING again and :meth:`end` sets its new status (``gan-pipe resume``)."""
+        the run is RUNNING again and :meth:`end` sets its new status (``gan-pipe resume``).
+
+        A new or reopened run is claimed at once (pid, host, heartbeat); an attached tracker
+        only reads until :meth:`claim` is called before it writes."""
         import mlflow
 
         self._mlflow = mlflow
@@ -235,31 +239,42 @@ class Tracker:
             tags = {**(tags or {}), **liveness.identity()}
             self.run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
             self.run_id = self.run.info.run_id
-        if attach_to is not None:
-            self.set_tags(liveness.identity())
-        self._start_heartbeat()
+            self._start_heartbeat()
+            return
+        if reopen:
+            self.claim()
 
     # ------------------------------------------------------------ heartbeat
+    def claim(self) -> None:
+        """Mark the run as written by this process (pid, host, heartbeat) until :meth:`end`."""
+        if self._beating is None:
+            self.set_tags(liveness.identity())
+            self._start_heartbeat()
+
     def _start_heartbeat(self) -> None:
         """A daemon thread renews ``gan_pipe.heartbeat`` every flush interval until
-        :meth:`end`: long stages that log nothing (evaluation, a slow download) stay alive."""
+        :meth:`end` (or until this tracker is garbage): long stages that log nothing
+        (evaluation, a slow download) stay alive."""
+        me, stop, c, run_id = weakref.ref(self), self._stop, self.client, self.run_id
+        every = self.flush_seconds
 
         def beat() -> None:
-            while not self._stop.wait(self.flush_seconds):
+            while not stop.wait(every) and me() is not None:
                 try:
-                    self.client.set_tag(self.run_id, liveness.HEARTBEAT, f"{time.time():.0f}")
+                    c.set_tag(run_id, liveness.HEARTBEAT, f"{time.time():.0f}")
                 except Exception as e:  # noqa: BLE001 - a missed beat must not kill training
-                    log.debug("heartbeat of run %s failed: %s", self.run_id, e)
+                    log.debug("heartbeat of run %s failed: %s", run_id, e)
 
-        self._beating = threading.Thread(target=beat, name=f"gan-pipe-heartbeat-{self.run_id}")
+        self._beating = threading.Thread(target=beat, name=f"gan-pipe-heartbeat-{run_id}")
         self._beating.daemon = True
         self._beating.start()
 
     def _stop_heartbeat(self) -> None:
         """Stop beating and remove the heartbeat tag: no live process writes this run now."""
         self._stop.set()
-        if self._beating is not None:
-            self._beating.join(timeout=5)  # one beat stuck on a dead server is left behind
+        if self._beating is None:
+            return  # never claimed: nothing written
+        self._beating.join(timeout=5)  # one beat stuck on a dead server is left behind
         if liveness.HEARTBEAT in self.client.get_run(self.run_id).data.tags:
             self.client.delete_tag(self.run_id, liveness.HEARTBEAT)
 

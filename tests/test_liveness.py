@@ -163,6 +163,15 @@ def test_a_live_run_cannot_be_resumed_or_evaluated_into(workdir):
         tracker.end()
 
 
+def test_a_refused_resume_leaves_no_live_writer_behind(workdir):
+    tracker = Tracker("live", "r")
+    tracker.end("KILLED")
+    for _ in range(2):  # the first attempt's reading must not look like a live writer
+        res = runner.invoke(app, ["resume", tracker.run_id])
+        assert res.exit_code == 2 and "has no recipe/resolved.json" in res.output, res.output
+    assert liveness.HEARTBEAT not in _client(workdir).get_run(tracker.run_id).data.tags
+
+
 def test_a_run_beating_on_another_host_is_refused(workdir):
     tracker = Tracker("live", "r")
     tracker.end("KILLED")
