@@ -423,7 +423,8 @@ def resume(
     from .reevaluate import resume as resume_run
 
     plugins_ = _plugins()
-    result = _train(lambda: resume_run(run_id, plugins_, steps, set_, on_stage=_stage))
+    note = lambda m: typer.echo(m, err=True)  # noqa: E731
+    result = _train(lambda: resume_run(run_id, plugins_, steps, set_, on_stage=_stage, note=note))
     _summary(result)
 
 
@@ -474,6 +475,45 @@ def compare(
         run_compare(ids or [], experiment, metric, sort, as_json, html, note, markdown)
     except UserError as e:
         raise _fail(e) from None
+
+
+@app.command()
+def runs(
+    stale: Annotated[
+        bool, typer.Option("--stale", help="only RUNNING runs whose process died")
+    ] = False,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", "-e", help="only this experiment")
+    ] = None,
+    mark_killed: Annotated[
+        bool,
+        typer.Option("--mark-killed", help="end the stale runs as KILLED (implies --stale)"),
+    ] = False,
+) -> None:
+    """List RUNNING gan-pipe runs and whether their process is alive.
+
+    A run is stale when its heartbeat (renewed every GAN_PIPE_FLUSH_SECONDS, default 5) is older than GAN_PIPE_STALE_SECONDS (default 3 x the interval + 30 s), or at once when it ran on this host and its pid is gone. --mark-killed ends stale runs as KILLED with the reason in the tag gan_pipe.killed_reason; continue one with gan-pipe resume RUN_ID.
+    """  # noqa: E501
+    from .liveness import list_runs
+    from .liveness import mark_killed as mark
+
+    try:
+        found = list_runs(experiment, stale or mark_killed)
+    except UserError as e:
+        raise _fail(e) from None
+    if not found:
+        what = "stale runs" if stale or mark_killed else "RUNNING gan-pipe runs"
+        where = f" in experiment {experiment!r}" if experiment else ""
+        typer.echo(f"no {what}{where}", err=True)
+        return
+    for exp_name, run, live in found:
+        state = "alive" if live.alive else "STALE"
+        name = run.info.run_name or ""
+        typer.echo(f"{run.info.run_id}  {state:<5}  {exp_name}/{name}  {live.describe()}")
+    if mark_killed:
+        for _, run, live in found:
+            mark(run, live)
+        typer.secho(f"marked {len(found)} run(s) KILLED", fg=typer.colors.GREEN, err=True)
 
 
 @app.command()

@@ -23,6 +23,7 @@ from typing import Any
 from .errors import RecipeError, UserError
 from .evaluation import evaluate
 from .facade import Plugins
+from .liveness import ERROR_TAGS, liveness, refuse_if_alive, stale_message
 from .recipe import ResolvedRecipe, apply_override, parse_override, resolve
 from .runner import RunResult, execute, new_context, pick_device, seed_everything
 from .tracking import Tracker
@@ -147,6 +148,7 @@ def reevaluate(
             data["evaluate"]["metrics"] = [{"name": m, "params": {}} for m in names]
         apply(data)
 
+    refuse_if_alive(run_id, "evaluate")
     tracker, resolved, state = load_logged_run(run_id, plugins, edit, "evaluate")
     recipe = resolved.recipe
     device = pick_device(recipe.experiment.device)
@@ -163,6 +165,7 @@ def reevaluate(
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{secrets.token_hex(2)}"  # unique per call
     where = f"eval/reevaluate-{stamp}"
     try:
+        tracker.claim()
         results = evaluate(ctx, where)
         tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, ctx.step)
         tracker.log_dict(
@@ -187,12 +190,16 @@ def resume(
     steps: int | None = None,
     overrides: list[str] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Continue training a run from its last checkpoint, in the same MLflow run.
 
     The checkpoint restores both nets, both optimisers and schedules, the step, the batch
     order and the RNG states, so the continued run trains exactly as an uninterrupted one.
+    A run that a live process still writes is refused; ``note`` hears what was found (a
+    RUNNING run whose process died, a FAILED or KILLED one) and from which step it goes on.
     """
+    found = refuse_if_alive(run_id, "resume")
     items = list(overrides or [])
     if steps is not None:
         items.append(f"train.steps={steps}")
@@ -205,10 +212,26 @@ def resume(
             f"run {run_id} has trained {state['step']} steps and its recipe asks for "
             f"{total}; ask for more with --steps N"
         )
+    if note is not None and found is not None:
+        note(f"{_found(found)}; resuming from step {state['step']}")
     # Checked: only now is the run reopened for writing (a refused resume leaves it as it was).
     tracker = Tracker("", "", attach_to=run_id, reopen=True)
+    for key in ERROR_TAGS:  # the failed or killed attempt's tags describe it no more
+        if found is not None and key in found.data.tags:
+            tracker.client.delete_tag(run_id, key)
     tracker.set_tags({"gan_pipe.resumed_from_step": state["step"]})
     seed_everything(resolved.recipe.experiment.seed)
     ctx = new_context(resolved, plugins, tracker, device)
     ctx.state["resume"] = state
     return execute(ctx, tracker.run.info.run_name, None, on_stage)
+
+
+def _found(run: Any) -> str:
+    """The state a resumed run was found in, in words."""
+    status, tags = run.info.status, run.data.tags
+    if status == "RUNNING":
+        return stale_message(run, liveness(run))
+    error = tags.get("gan_pipe.error")
+    if status in ("FAILED", "KILLED") and error:
+        return f"run {run.info.run_id} was {status} ({error[:200]})"
+    return f"run {run.info.run_id} was {status}"

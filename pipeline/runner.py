@@ -7,6 +7,7 @@ a plugin like any other (``gan_pipe.plugins.stages``).
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import random
 import secrets
@@ -24,6 +25,8 @@ from .evaluation import evaluate
 from .facade import Plugins
 from .recipe import ResolvedRecipe, flatten
 from .tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 STAGES = ("data", "build", "train", "evaluate", "report")
 
@@ -249,6 +252,17 @@ def run(
     return execute(ctx, run_name, setup, on_stage)
 
 
+def _try(error: BaseException, what: str, step: Callable[[], Any]) -> None:
+    """Run one step of the error path; its own failure becomes a note on ``error``."""
+    try:
+        step()
+    except Exception as e:  # noqa: BLE001 - the original error must still be raised
+        log.warning(
+            "%s failed while handling %s: %s: %s", what, type(error).__name__, type(e).__name__, e
+        )
+        error.add_note(f"(while handling it, {what} failed: {type(e).__name__}: {e})")
+
+
 def execute(
     ctx: RunContext,
     run_name: str,
@@ -286,16 +300,21 @@ def execute(
             elif stage == "report":
                 plugins.report(ctx)
     except KeyboardInterrupt as e:
-        tracker.set_tags({"gan_pipe.stage": stage})
+        _try(e, "tagging the stage", lambda: tracker.set_tags({"gan_pipe.stage": stage}))
         tracker.end("KILLED", error=e)
         raise
     except BaseException as e:
-        tracker.set_tags({"gan_pipe.failed_stage": stage})
-        try:
-            plugins.on_stage_error(ctx, stage, e)
-        finally:
-            tracker.end("FAILED", error=e)
-            e.add_note(f"MLflow run {tracker.run_id} is marked FAILED with this error")
+        # Whatever fails from here on (the store, a plugin's error hook) is noted on ``e``:
+        # the run still ends FAILED and the error that failed it is the one raised.
+        _try(
+            e,
+            "tagging the failed stage",
+            lambda: tracker.set_tags({"gan_pipe.failed_stage": stage}),
+        )
+        failed = e  # (``e`` itself is unbound for closures once the block ends)
+        _try(e, "the on_stage_error hook", lambda: plugins.on_stage_error(ctx, stage, failed))
+        _try(e, "closing the run", lambda: tracker.end("FAILED", error=failed))
+        e.add_note(f"MLflow run {tracker.run_id} is marked FAILED with this error")
         raise
     perf["perf/wall_time_s"] = time.perf_counter() - started
     tracker.log_metrics({"perf/wall_time_s": perf["perf/wall_time_s"]}, ctx.step)

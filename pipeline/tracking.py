@@ -5,9 +5,18 @@
   shows every run made in this directory. With the variable set, that server or store.
 * Metrics are buffered in memory and sent with asynchronous ``log_batch`` calls: one
   synchronous ``log_metric`` costs ~5 ms on sqlite, far more than a small training step.
-  The buffer is flushed when it fills, at evaluation and at the end (also on error).
+  The buffer is flushed when it fills, when ``GAN_PIPE_FLUSH_SECONDS`` (default 5) have passed
+  since the last flush (checked as metrics are logged), before every artifact (checkpoints),
+  at evaluation and at the end (also on error): the UI follows a run live, and a killed
+  process loses at most that window.
+* While the run is open a background thread renews its heartbeat tag every flush interval
+  (see :mod:`.liveness`): a run whose process died is told apart from one still training.
 * The run's status tells the truth: FINISHED, FAILED (with the error as a tag and an
-  artifact), KILLED on Ctrl-C.
+  artifact), KILLED on Ctrl-C. Closing it survives failures of the store and of plugins:
+  each step is tried on its own, and the status is set whatever failed before.
+* HTTP stores: unless the user set them, MLflow's request timeout and retries are bounded
+  (``MLFLOW_HTTP_REQUEST_TIMEOUT`` 30 s, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` 3), so a server
+  that never answers fails a call in about 2 minutes instead of about 16.
 """
 
 from __future__ import annotations
@@ -20,11 +29,15 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from . import liveness
 
 if TYPE_CHECKING:
     import numpy as np
@@ -124,6 +137,7 @@ def client() -> tuple[Any, str | None]:
     """
     import mlflow
 
+    bound_http_retries()
     # MLflow's own chatter about stores and schema migrations is not the user's business.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -133,6 +147,16 @@ def client() -> tuple[Any, str | None]:
         _ours = uri
     mlflow.set_tracking_uri(uri)
     return ensure_store(uri), artifact_location
+
+
+#: MLflow's defaults (120 s per request, 7 retries with backoff) hang ~16 min on a dead server.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}
+
+
+def bound_http_retries() -> None:
+    """Bounded HTTP timeouts and retries for this process, where the user set none."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def experiment_location(name: str, artifact_location: str | None) -> str | None:
@@ -183,7 +207,10 @@ class Tracker:
     ):
         """Start a new run, or with ``attach_to`` log into an existing run without touching
         its status (``gan-pipe evaluate`` adds results to a finished run); with ``reopen`` too,
-        the run is RUNNING again and :meth:`end` sets its new status (``gan-pipe resume``)."""
+        the run is RUNNING again and :meth:`end` sets its new status (``gan-pipe resume``).
+
+        A new or reopened run is claimed at once (pid, host, heartbeat); an attached tracker
+        only reads until :meth:`claim` is called before it writes."""
         import mlflow
 
         self._mlflow = mlflow
@@ -195,6 +222,10 @@ class Tracker:
         self._pending: list[Any] = []
         self._deferred: list[Callable[[], None]] | None = None
         self._closed = False
+        self.flush_seconds = liveness.flush_interval()
+        self._last_flush = time.monotonic()
+        self._stop = threading.Event()
+        self._beating: threading.Thread | None = None
         self.attached = attach_to is not None and not reopen
         if attach_to is not None:
             self.run = self.client.get_run(attach_to)
@@ -202,11 +233,50 @@ class Tracker:
             self.experiment_id = self.run.info.experiment_id
             if reopen:
                 mlflow.start_run(run_id=attach_to)
+        else:
+            exp_id = get_or_create_experiment(self.client, experiment, artifact_location)
+            self.experiment_id = exp_id
+            tags = {**(tags or {}), **liveness.identity()}
+            self.run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
+            self.run_id = self.run.info.run_id
+            self._start_heartbeat()
             return
-        exp_id = get_or_create_experiment(self.client, experiment, artifact_location)
-        self.experiment_id = exp_id
-        self.run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags or {})
-        self.run_id = self.run.info.run_id
+        if reopen:
+            self.claim()
+
+    # ------------------------------------------------------------ heartbeat
+    def claim(self) -> None:
+        """Mark the run as written by this process (pid, host, heartbeat) until :meth:`end`."""
+        if self._beating is None:
+            self.set_tags(liveness.identity())
+            self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
+        """A daemon thread renews ``gan_pipe.heartbeat`` every flush interval until
+        :meth:`end` (or until this tracker is garbage): long stages that log nothing
+        (evaluation, a slow download) stay alive."""
+        me, stop, c, run_id = weakref.ref(self), self._stop, self.client, self.run_id
+        every = self.flush_seconds
+
+        def beat() -> None:
+            while not stop.wait(every) and me() is not None:
+                try:
+                    c.set_tag(run_id, liveness.HEARTBEAT, f"{time.time():.0f}")
+                except Exception as e:  # noqa: BLE001 - a missed beat must not kill training
+                    log.debug("heartbeat of run %s failed: %s", run_id, e)
+
+        self._beating = threading.Thread(target=beat, name=f"gan-pipe-heartbeat-{run_id}")
+        self._beating.daemon = True
+        self._beating.start()
+
+    def _stop_heartbeat(self) -> None:
+        """Stop beating and remove the heartbeat tag: no live process writes this run now."""
+        self._stop.set()
+        if self._beating is None:
+            return  # never claimed: nothing written
+        self._beating.join(timeout=5)  # one beat stuck on a dead server is left behind
+        if liveness.HEARTBEAT in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, liveness.HEARTBEAT)
 
     # ------------------------------------------------------------ metrics
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -217,20 +287,26 @@ class Tracker:
         new = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
         self._buffer.extend(new)
         self.latest.update((m.key, m) for m in new)
-        if len(self._buffer) >= MAX_BATCH:
+        if (
+            len(self._buffer) >= MAX_BATCH
+            or time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
             self.flush(wait=False)
 
     def flush(self, wait: bool = True) -> None:
         """Send buffered metrics; with ``wait``, block until every batch has landed."""
+        self._last_flush = time.monotonic()
         while self._buffer:
             chunk, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
             op = self.client.log_batch(self.run_id, metrics=chunk, synchronous=False)
             if op is not None:
                 self._pending.append(op)
         if wait:
-            for op in self._pending:
+            pending, self._pending = self._pending, []
+            for op in pending:
                 op.wait()
-            self._pending.clear()
+        else:  # forget batches that landed: a long run flushes thousands of times
+            self._pending = [op for op in self._pending if not _landed(op)]
 
     # ------------------------------------------------------------ params, tags
     def log_params(self, params: dict[str, Any]) -> None:
@@ -320,6 +396,9 @@ class Tracker:
         self._write(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """Log a file or folder. Buffered metrics are flushed first: a checkpoint's run holds
+        the curve up to it even if the process dies right after."""
+        self.flush(wait=False)
         if self._deferred is not None:  # copied now: the caller may delete its file
             src = Path(local_path)
             dst = self._keep_dir() / src.name
@@ -362,28 +441,54 @@ class Tracker:
 
     # ------------------------------------------------------------ lifecycle
     def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
-        """Flush everything and close the run with ``status``; safe to call twice."""
+        """Flush everything and close the run with ``status``; safe to call twice.
+
+        Each step is tried on its own: a store that fails (or a flush that raises) while the
+        error is recorded still leaves the run with ``status``, and nothing raised here hides
+        ``error``, which the caller re-raises. Failures are logged as warnings."""
         if self._closed:
             return
         self._closed = True
-        if self.attached:  # someone else's run: add to it, never change its status
-            self.flush(wait=True)
-            self._mlflow.flush_async_logging()
-            return
-        try:
-            self.flush(wait=True)
-            if error is not None:
-                msg = f"{type(error).__name__}: {error}"
-                self.set_tags({"gan_pipe.error": msg[:5000]})
-                self.log_text(
-                    "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-                    "error.txt",
-                )
-        finally:
+
+        def attempt(what: str, step: Callable[[], Any]) -> bool:
             try:
-                self._mlflow.flush_async_logging()
-            finally:
-                self._mlflow.end_run(status=status)
+                step()
+                return True
+            except Exception as e:  # noqa: BLE001 - the run must still be closed
+                log.warning(
+                    "closing run %s: %s failed: %s: %s", self.run_id, what, type(e).__name__, e
+                )
+                return False
+
+        attempt("flushing metrics", lambda: self.flush(wait=True))
+        if error is not None and not self.attached:
+            msg = f"{type(error).__name__}: {error}"
+            attempt("tagging the error", lambda: self.set_tags({"gan_pipe.error": msg[:5000]}))
+            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            attempt("logging error.txt", lambda: self.log_text(text, "error.txt"))
+        attempt("flushing async logging", self._mlflow.flush_async_logging)
+        attempt("stopping the heartbeat", self._stop_heartbeat)
+        if self.attached:  # someone else's run: add to it, never change its status
+            return
+        if not attempt(f"ending the run {status}", lambda: self._mlflow.end_run(status=status)):
+            # end_run pops the active run before it writes: setting the status again is safe
+            attempt(
+                f"setting status {status}",
+                lambda: self.client.set_terminated(self.run_id, status=status),
+            )
+
+
+def _landed(op: Any) -> bool:
+    """Whether an async ``log_batch`` finished (its failures are then only logged)."""
+    futures = getattr(op, "_operation_futures", None)
+    if futures is None:
+        return False
+    for f in futures:
+        if not f.done():
+            return False
+        if f.exception() is not None:
+            log.warning("an asynchronous metric batch failed: %s", f.exception())
+    return True
 
 
 def _param_value(v: Any) -> str:
