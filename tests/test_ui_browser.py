@@ -90,12 +90,26 @@ def mlflow_server(tmp_path):
                 )
             time.sleep(1)
     else:
-        proc.terminate()
+        _stop(proc)
         pytest.fail("mlflow server did not answer within 180 s")
     yield url
-    proc.terminate()
-    proc.wait(30)
+    _stop(proc)
     log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """The server and every process it started (uvicorn workers, job runners)."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _browser(chromium: str, url: str, out: Path | None = None) -> str:
