@@ -29,6 +29,9 @@ def registry_of(*plugins: Any) -> Registry:
     ps.load_builtins()
     names = set()
     for i, plugin in enumerate(plugins):
+        if ps.pm.is_registered(plugin):  # a built-in: loaded already
+            names.add(ps.pm.get_name(plugin))
+            continue
         name = _name(plugin, i)
         refused = ps.add(plugin, name, name, "test", builtin=False)
         if refused:
