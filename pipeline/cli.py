@@ -252,6 +252,11 @@ def plugins(
                 "version": i.version,
                 "builtin": i.builtin,
                 "components": i.components,
+                "replaces": {
+                    f"{c.kind}:{c.name}": c.replaces
+                    for c in ps.registry
+                    if c.plugin == i.name and c.replaces
+                },
             }
             for i in infos
         ]
@@ -265,7 +270,8 @@ def plugins(
         typer.secho(f"{info.name}  {info.distribution} {info.version}{tag}", bold=True)
         for comp in by_plugin.get(info.name, []):
             desc = f"  {comp.description}" if comp.description else ""
-            typer.echo(f"    {comp.kind:<13} {comp.name:<18}{desc}")
+            label = comp.name + (f" (replaces {comp.replaces})" if comp.replaces else "")
+            typer.echo(f"    {comp.kind:<13} {label:<18}{desc}")
             if params:
                 for fname, field in comp.params.model_fields.items():
                     default = field.get_default(call_default_factory=True)
@@ -475,6 +481,38 @@ def compare(
         run_compare(ids or [], experiment, metric, sort, as_json, html, note, markdown)
     except UserError as e:
         raise _fail(e) from None
+
+
+@app.command("new-plugin")
+def new_plugin(
+    name: Annotated[str, typer.Argument(help="component name, e.g. my-loss")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="loss, metric, dataset, regularizer, report or architecture",
+        ),
+    ] = "loss",
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="where to write the package (default ./gan-pipe-NAME)"),
+    ] = None,
+) -> None:
+    """Write a plugin package: one working component, a recipe using it, tests, pyproject."""
+    from .manager import load_plugins
+    from .scaffold import SCAFFOLD_KINDS, check_name, fields, new_plugin
+
+    try:
+        check_name(name, kind)
+        target = directory or Path(fields(name, kind)["dist"])
+        registered = load_plugins().registry.names(SCAFFOLD_KINDS[kind][1])
+        files = new_plugin(name, kind, target, registered)
+    except UserError as e:
+        raise _fail(e) from None
+    for path in files:
+        typer.echo(str(path))
+    typer.echo(
+        f"next: pip install -e {target} && gan-pipe run {target}/recipes/{name}.toml", err=True
+    )
 
 
 @app.command()

@@ -6,9 +6,12 @@ Installed packages add plugins with an entry point in the group ``gan_pipe``::
     [project.entry-points.gan_pipe]
     my_gan = "my_gan_package.plugin"
 
-Each entry point is loaded on its own: one that fails to import (or registers a duplicate
-name) is reported with its distribution's name and skipped, so a broken package never breaks
-the CLI. ``GAN_PIPE_STRICT_PLUGINS=1`` re-raises instead (for plugin authors and CI).
+Each entry point is loaded on its own: one that fails to import or breaks the contract (a hook
+or ``register`` keyword gan-pipe does not know) is reported with its distribution's name and
+skipped, so a broken package never breaks the CLI. A component whose name another plugin
+registered first (a clash) is refused alone, naming both providers; the package's other
+components load. ``register(name, ..., replaces=name)`` replaces a component on purpose.
+``GAN_PIPE_STRICT_PLUGINS=1`` re-raises instead (for plugin authors and CI).
 ``GAN_PIPE_DISABLE_PLUGINS=name1,name2`` skips the named entry points or distributions.
 """
 
@@ -25,7 +28,7 @@ from typing import Any
 import pluggy
 
 from . import PROJECT, __version__, hookspecs
-from .errors import PluginError
+from .errors import PluginError, did_you_mean
 from .registry import Register, Registry
 
 ENTRY_POINT_GROUP = "gan_pipe"
@@ -74,10 +77,13 @@ class PluginInfo:
 
 @dataclass
 class PluginFailure:
+    """A plugin that failed to load (``skipped``), or one component of it that was refused."""
+
     name: str
     distribution: str
     error: str
     detail: str
+    skipped: bool = True
 
 
 def _strict() -> bool:
@@ -107,27 +113,72 @@ class PluginSet:
         distribution: str,
         version: str,
         builtin: bool,
-    ) -> None:
-        """Register one plugin object and the components it provides (all or nothing)."""
+    ) -> list[str]:
+        """Register one plugin object and the components it provides.
+
+        A contract error (a hook that is no gan-pipe hook, an unknown ``register`` keyword)
+        raises and leaves nothing behind. A component refused for its name (a clash, or a
+        ``replaces=`` with nothing to replace) is left out alone: the returned lines say why.
+        """
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        info = PluginInfo(name, distribution, version, builtin, module)
+
+        def provider(plugin_name: str) -> str:
+            i = info if plugin_name == name else self.infos.get(plugin_name)
+            where = f" from package {i.distribution!r}" if i is not None else ""
+            return f"plugin {plugin_name!r}{where}"
+
         self.pm.register(plugin, name=name)
-        staged = Registry()
-        # Copy what is there so duplicates against earlier plugins are caught in staging.
-        for comp in self.registry:
-            staged.add(comp)
+        staged = self.registry.copy()  # so a failing plugin leaves no half registration
+        refused: list[str] = []
         try:
+            self._check_hooks(plugin, name)
             for hook_name, kind in REGISTER_HOOKS.items():
                 for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                     if impl.plugin_name != name:
                         continue
-                    impl.function(register=Register(staged, kind, name))
+                    register = Register(staged, kind, name, provider)
+                    impl.function(register=register)
+                    refused += register.refused
         except BaseException:
             self.pm.unregister(name=name)
             raise
         self.registry = staged
-        module = getattr(plugin, "__name__", type(plugin).__name__)
-        info = PluginInfo(name, distribution, version, builtin, module)
         info.components = [f"{c.kind}:{c.name}" for c in staged if c.plugin == name]
+        for comp in staged:
+            replaced = self.infos.get(comp.replaces) if comp.plugin == name else None
+            if replaced is not None and f"{comp.kind}:{comp.name}" in replaced.components:
+                replaced.components.remove(f"{comp.kind}:{comp.name}")
         self.infos[name] = info
+        return refused
+
+    def _check_hooks(self, plugin: object, name: str) -> None:
+        """A misspelt hook would never be called: name it (pluggy's ``check_pending``, for one
+        plugin, with a suggestion). A module function named like a hook but not marked with
+        ``@hookimpl`` would not be either."""
+        known = [n for n in vars(self.pm.hook) if not n.startswith("_")]
+        known = [n for n in known if getattr(self.pm.hook, n).has_spec()]
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            if caller.has_spec():
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and not impl.optionalhook:
+                    raise PluginError(
+                        f"plugin {name!r} implements {caller.name!r}, which is not a gan-pipe "
+                        f"hook{did_you_mean(caller.name, known)}"
+                    )
+        if isinstance(plugin, ModuleType):
+            for attr, value in vars(plugin).items():
+                if (
+                    attr in known
+                    and callable(value)
+                    and getattr(value, "__module__", None) == plugin.__name__
+                    and not hasattr(value, f"{PROJECT}_impl")
+                ):
+                    raise PluginError(
+                        f"plugin {name!r} defines {attr}() without @gan_pipe.hookimpl, so "
+                        "gan-pipe would never call it"
+                    )
 
     def load_builtins(self) -> None:
         for modname in DEFAULT_PLUGINS:
@@ -145,7 +196,7 @@ class PluginSet:
                 continue
             try:
                 obj = ep.load()
-                self.add(obj, ep.name, dist, version, builtin=False)
+                refused = self.add(obj, ep.name, dist, version, builtin=False)
             except Exception as e:  # a third party's bug must not break the CLI
                 if _strict():
                     raise
@@ -157,6 +208,11 @@ class PluginSet:
                         traceback.format_exc(),
                     )
                 )
+                continue
+            if refused and _strict():
+                raise PluginError("\n".join(refused))
+            for why in refused:
+                self.failures.append(PluginFailure(ep.name, dist, why, "", skipped=False))
 
     def describe(self, include_builtin: bool = True) -> list[PluginInfo]:
         return [i for i in self.infos.values() if include_builtin or not i.builtin]
@@ -165,11 +221,16 @@ class PluginSet:
 def load_plugins(
     entry_points: bool = True, extra: list[tuple[Any, str]] | None = None
 ) -> PluginSet:
-    """Built-ins, then ``extra`` (object, name) pairs (tests use this), then entry points."""
+    """Built-ins, then ``extra`` (object, name) pairs (tests use this), then entry points.
+
+    Built-ins come first so that a third party's ``replaces=`` finds them. An ``extra`` plugin
+    is strict: any failure, a refused component included, raises."""
     ps = PluginSet()
     ps.load_builtins()
     for obj, name in extra or []:
-        ps.add(obj, name, name, "local", builtin=False)
+        refused = ps.add(obj, name, name, "local", builtin=False)
+        if refused:
+            raise PluginError("\n".join(refused))
     if entry_points:
         ps.load_entry_points()
     return ps
@@ -179,6 +240,8 @@ def failure_lines(ps: PluginSet) -> list[str]:
     return [
         f"plugin {f.name!r} from package {f.distribution!r} failed to load and was skipped: "
         f"{f.error} (set GAN_PIPE_STRICT_PLUGINS=1 to see the traceback)"
+        if f.skipped
+        else f"{f.error} (the plugin's other components are loaded)"
         for f in ps.failures
     ]
 

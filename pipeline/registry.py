@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -119,7 +119,9 @@ class Component:
     """A registered component.
 
     ``factory(params)`` builds it; ``params`` is the pydantic model its recipe table is
-    validated against (``extra="forbid"`` is recommended so typos are caught).
+    validated against (``extra="forbid"`` is recommended so typos are caught). ``replaces`` is
+    the plugin whose component of the same kind and name this one replaced on purpose
+    (``register(..., replaces=name)``), None for most.
     """
 
     kind: str
@@ -128,7 +130,7 @@ class Component:
     params: type[BaseModel] = NoParams
     description: str = ""
     plugin: str = "?"
-    extra: dict[str, Any] = field(default_factory=dict)
+    replaces: str | None = None
 
     def validate_params(self, raw: dict[str, Any] | None) -> BaseModel:
         """Validate a recipe's params table strictly (see :func:`strict_validate`; raises
@@ -142,7 +144,8 @@ class Registry:
     def __init__(self) -> None:
         self._by_kind: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
 
-    def add(self, component: Component) -> None:
+    def add(self, component: Component, replace: bool = False) -> None:
+        """Add ``component``; one of the same kind and name is an error unless ``replace``."""
         if component.kind not in self._by_kind:
             raise PluginError(
                 f"plugin {component.plugin!r} registered {component.name!r} as unknown kind "
@@ -153,7 +156,7 @@ class Registry:
                 f"plugin {component.plugin!r} registered a {component.kind} without a name"
             )
         table = self._by_kind[component.kind]
-        if component.name in table:
+        if component.name in table and not replace:
             other = table[component.name]
             raise PluginError(
                 f"{component.kind} {component.name!r} is registered twice: by plugin "
@@ -174,6 +177,15 @@ class Registry:
     def has(self, kind: str, name: str) -> bool:
         return name in self._by_kind[kind]
 
+    def find(self, kind: str, name: str) -> Component | None:
+        return self._by_kind[kind].get(name)
+
+    def copy(self) -> Registry:
+        out = Registry()
+        for kind, table in self._by_kind.items():
+            out._by_kind[kind] = dict(table)
+        return out
+
     def __iter__(self) -> Iterator[Component]:
         for kind in KINDS:
             yield from self._by_kind[kind].values()
@@ -185,6 +197,14 @@ class Registry:
         return out
 
 
+#: The keywords ``register`` takes after ``name`` and ``factory``.
+REGISTER_KEYWORDS = ("params", "description", "role", "replaces")
+
+
+def _plain(plugin: str) -> str:
+    return f"plugin {plugin!r}"
+
+
 class Register:
     """The ``register`` callback handed to a ``register_*`` hook.
 
@@ -192,13 +212,23 @@ class Register:
 
         register("dcgan", DCGANGenerator, params=DCGANGeneratorParams, role="generator")
 
-    New keyword arguments may be added in later versions without breaking plugins.
+    A contract error (an unknown keyword, params that are not a pydantic model) raises. A name
+    another plugin registered already (a clash), or ``replaces=`` naming nothing registered,
+    refuses that component alone: ``refused`` collects why, naming both providers.
     """
 
-    def __init__(self, registry: Registry, kind: str | None, plugin: str):
+    def __init__(
+        self,
+        registry: Registry,
+        kind: str | None,
+        plugin: str,
+        provider: Callable[[str], str] = _plain,
+    ):
         self._registry = registry
         self._kind = kind
         self._plugin = plugin
+        self._provider = provider
+        self.refused: list[str] = []
 
     def __call__(
         self,
@@ -208,8 +238,15 @@ class Register:
         params: type[BaseModel] = NoParams,
         description: str = "",
         role: str | None = None,
-        **extra: Any,
+        replaces: str | None = None,
+        **unknown: Any,
     ) -> None:
+        for key in unknown:
+            raise PluginError(
+                f"plugin {self._plugin!r}: register({name!r}, ...) got an unknown keyword "
+                f"{key!r}{did_you_mean(key, REGISTER_KEYWORDS)} (register takes "
+                f"{', '.join(REGISTER_KEYWORDS)})"
+            )
         kind = role or self._kind
         if kind is None:
             raise PluginError(
@@ -225,5 +262,57 @@ class Register:
             raise PluginError(
                 f"plugin {self._plugin!r}: params of {name!r} must be a pydantic model class"
             )
+        if replaces is not None and replaces != name:
+            raise PluginError(
+                f"plugin {self._plugin!r}: register({name!r}, ..., replaces={replaces!r}): "
+                f"a replacement takes the name it replaces (register({replaces!r}, ..., "
+                f"replaces={replaces!r})), so recipes naming it get yours"
+            )
         doc = description or (factory.__doc__ or "").strip().split("\n")[0]
-        self._registry.add(Component(kind, name, factory, params, doc, self._plugin, dict(extra)))
+        if kind not in KINDS:  # the registry's error names the kinds
+            self._registry.add(Component(kind, name, factory, params, doc, self._plugin))
+        mine, old = self._provider(self._plugin), self._registry.find(kind, name)
+        if replaces is not None and old is None:
+            self.refused.append(
+                f"{kind} {name!r} of {mine} replaces a {kind} {name!r}, but no plugin "
+                f"registered one{did_you_mean(name, self._registry.names(kind))}; it was refused"
+            )
+            return
+        if replaces is None and old is not None:
+            self.refused.append(
+                f"{kind} {name!r} is registered by {self._provider(old.plugin)} and again by "
+                f"{mine}: the second was refused; rename it, or pass replaces={name!r} to "
+                "replace the first on purpose"
+            )
+            return
+        comp = Component(
+            kind, name, factory, params, doc, self._plugin, old.plugin if old else None
+        )
+        self._registry.add(comp, replace=replaces is not None)
+
+
+_CONTRACTS: dict[str, tuple[tuple[str, ...], Callable[[Any], bool]]] = {
+    "loss": (("discriminator_loss", "generator_loss"), all),
+    "regularizer": (("generator_term", "discriminator_term"), any),
+    "metric": (("compute",), all),
+    "report": (("run",), all),
+}
+
+
+def check_contract(component: Component, obj: Any) -> Any:
+    """``obj`` (what ``component``'s factory built) if it has the methods its kind needs
+    (a loss both losses, a regularizer at least one term, a metric ``compute``, a report
+    ``run``); a :class:`PluginError` naming the component and its plugin otherwise."""
+    need = _CONTRACTS.get(component.kind)
+    if need is not None:
+        methods, how = need
+        has = [callable(getattr(obj, m, None)) for m in methods]
+        if not how(has):
+            lacks = [m for m, ok in zip(methods, has, strict=True) if not ok]
+            wants = (" and " if how is all else " or ").join(f"{m}(...)" for m in methods)
+            raise PluginError(
+                f"{component.kind} {component.name!r} of plugin {component.plugin!r} built a "
+                f"{type(obj).__name__} without {', '.join(lacks)}: a {component.kind} needs "
+                f"{wants}"
+            )
+    return obj

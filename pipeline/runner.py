@@ -121,7 +121,8 @@ def run_tags(resolved: ResolvedRecipe, plugins: Plugins, device: Any) -> dict[st
         "device": device_name(device),
     }
     for path, comp in resolved.components.items():
-        tags[f"gan_pipe.component.{path}"] = f"{comp.name} (plugin {comp.plugin})"
+        replaces = f", replaces {comp.replaces}" if comp.replaces else ""
+        tags[f"gan_pipe.component.{path}"] = f"{comp.name} (plugin {comp.plugin}{replaces})"
         info = plugins.set.infos.get(comp.plugin)
         if info is not None:
             tags[f"gan_pipe.provider.{path}"] = (

@@ -19,7 +19,12 @@ if TYPE_CHECKING:
 
 
 def _make(ctx: RunContext, path: str, *args: Any) -> Any:
-    return ctx.components[path].factory(ctx.params[path], *args)
+    """Build the component at ``path``; one that lacks what its kind needs (a loss without
+    generator_loss, a regularizer with no term) is an error naming it and its plugin."""
+    from gan_pipe.registry import check_contract
+
+    comp = ctx.components[path]
+    return check_contract(comp, comp.factory(ctx.params[path], *args))
 
 
 def make_noise(
