@@ -73,7 +73,13 @@ def run_once(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[float, flo
     return dt, cpu
 
 
-def importtime(argv: list[str], cwd: str, env: dict[str, str], top: int) -> list[tuple[str, float]]:
+#: Packages a start-up should not need; ``--importtime`` says which of them a command imports.
+HEAVY = ("torch", "mlflow", "numpy", "scipy", "sklearn", "pandas", "matplotlib", "PIL")
+
+
+def importtime(
+    argv: list[str], cwd: str, env: dict[str, str], top: int
+) -> tuple[list[tuple[str, float]], list[str]]:
     """Modules imported at top level (by the command or its runtime ``import_module``), with
     everything they import, by cumulative import time (s) for one run of a gan-pipe command."""
     code = (
@@ -88,12 +94,17 @@ def importtime(argv: list[str], cwd: str, env: dict[str, str], top: int) -> list
         text=True,
     )
     total: dict[str, float] = defaultdict(float)
+    heavy: set[str] = set()
     pattern = re.compile(r"import time:\s+\d+ \|\s+(\d+) \| ( *)(\S+)")
     for line in proc.stderr.splitlines():
         m = pattern.match(line)
-        if m and not m.group(2):  # imported at top level (not nested in another's import)
+        if m is None:
+            continue
+        if m.group(3).split(".")[0] in HEAVY:
+            heavy.add(m.group(3).split(".")[0])
+        if not m.group(2):  # imported at top level (not nested in another's import)
             total[m.group(3)] += int(m.group(1)) / 1e6
-    return sorted(total.items(), key=lambda kv: -kv[1])[:top]
+    return sorted(total.items(), key=lambda kv: -kv[1])[:top], sorted(heavy)
 
 
 def main() -> None:
@@ -144,9 +155,10 @@ def main() -> None:
             for name, argv in cmds.items():
                 if name == "python -c pass":
                     continue
-                parts = importtime(argv, cwd, env, args.top)
+                parts, heavy = importtime(argv, cwd, env, args.top)
                 shown = ", ".join(f"{pkg} {s:.3f}" for pkg, s in parts)
                 print(f"imports {name}: {shown} (s, cumulative, one run)")
+                print(f"heavy   {name}: imports {', '.join(heavy) or 'none'} of {', '.join(HEAVY)}")
 
 
 if __name__ == "__main__":
