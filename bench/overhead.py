@@ -40,7 +40,9 @@ call itself (a few microseconds a step) is counted in the pipeline's time.
 Repetitions are interleaved (pipeline, bare, no-tracking, then the reverse order, ...), so
 load from other processes falls on all variants alike. Reported: the median step time of each
 variant, and the median over repetitions of the ratios taken within one repetition, with their
-range, plus the load average before and after. On the CPU the process's CPU time
+range, plus the load average before and after. Last, the Tracker calls of a window are
+replayed alone (:func:`tracking_calls`) for the absolute cost of tracking per step, a figure
+that does not drown in the noise of the training steps. On the CPU the process's CPU time
 (``time.process_time()``: every thread of this process, MLflow's logging threads included) is
 read at the same marks and reported beside the wall time: on a busy machine wall time mostly
 measures the share of the cores this process got, CPU time the work it did. With one torch
@@ -123,7 +125,11 @@ class NullTracker:
     def _nothing(self, *args: Any, **kwargs: Any) -> None:
         return None
 
-    log_metrics = flush = log_params = set_tags = log_image = log_figure = _nothing
+    log_metrics = flush = log_params = set_tags = log_figure = _nothing
+
+    def log_image(self, image: Any, key: str, step: int) -> None:
+        self.last_image = image  # kept: the tracking-calls replay logs this very frame
+
     log_dict = log_text = log_artifact = log_model = end = _nothing
 
     def deferred_artifacts(self):
@@ -215,6 +221,34 @@ def bare_loop(
         for p in d_params:
             p.requires_grad_(True)
         clock.mark(step)
+
+
+def tracking_calls(
+    keys: list[str], image: Any, window: int, log_every: int, sample_every: int, reps: int
+) -> list[tuple[float, float]]:
+    """(wall s, CPU s) per step of the Tracker calls a window makes (the same metric keys every
+    ``log_every`` steps, the same sample frame every ``sample_every``), with nothing else
+    running: the absolute cost of tracking, free of the noise of a training step. Each window
+    waits for MLflow's asynchronous writes, so their cost is counted (a real run waits once,
+    at its end: this over-counts slightly)."""
+    import mlflow
+
+    tracker = Tracker("bench-overhead", "tracking-calls")
+    out = []
+    try:
+        for r in range(max(reps, 3)):
+            w0, c0 = time.perf_counter(), time.process_time()
+            for s in range(r * window + 1, (r + 1) * window + 1):
+                if s % log_every == 0:
+                    tracker.log_metrics(dict.fromkeys(keys, 1.0), s)
+                if s % sample_every == 0:
+                    tracker.log_image(image, key="samples", step=s)
+            tracker.flush(wait=True)
+            mlflow.flush_async_logging()
+            out.append(((time.perf_counter() - w0) / window, (time.process_time() - c0) / window))
+    finally:
+        tracker.end("FINISHED")
+    return out
 
 
 def loadavg() -> str:
@@ -324,6 +358,9 @@ def main() -> None:
             plugins.train(ctx)  # the train stage: Trainer(ctx).fit()
         finally:
             tracker.end("FINISHED")
+        seen["keys"] = [k for k in ctx.history if k.startswith("train/")]
+        if not tracked:
+            seen["image"] = getattr(tracker, "last_image", None)
         return clock.step_time()
 
     def bare(rep: int) -> tuple[float, float]:
@@ -331,6 +368,7 @@ def main() -> None:
         bare_loop(copy.deepcopy(G0), copy.deepcopy(D0), data, settings, clock, end)
         return clock.step_time()
 
+    seen: dict[str, Any] = {}
     variants = {
         "pipeline": lambda rep: pipeline(True, rep),
         "bare": bare,
@@ -383,6 +421,26 @@ def main() -> None:
             print(
                 f"ratio {label} ({kind}): {m:.3f}  (median of per-rep ratios, {spread(ratios)}; "
                 f"goal {'<' if strict else '<='} {goal:.2f}: {'met' if met else 'NOT met'})"
+            )
+    if seen.get("image") is not None:
+        with tempfile.TemporaryDirectory(prefix="gan-pipe-bench-") as tmp:
+            os.chdir(tmp)
+            try:
+                period = math.lcm(cfg.log_every, sample_every)  # at least one of each call
+                n = max(args.window, period)
+                calls = tracking_calls(
+                    seen["keys"], seen["image"], n, cfg.log_every, sample_every, args.reps
+                )
+            finally:
+                os.chdir(cwd)
+        for kind, per in kinds.items():
+            i = 0 if kind == "wall" else 1
+            c = statistics.median(x[i] for x in calls)
+            b = statistics.median(per["bare"])
+            print(
+                f"tracking calls alone ({kind}): {c * 1e3:.2f} ms/step = {c / b:.2%} of the bare "
+                f"step (the window's log_metrics and log_image calls replayed without training, "
+                f"flushed; median of {len(calls)})"
             )
     print(f"load    : {loadavg()} (1, 5, 15 min) at end")
     sys.stdout.flush()

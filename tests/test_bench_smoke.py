@@ -43,6 +43,7 @@ def test_overhead_prints_finite_ratios(tmp_path, monkeypatch):
         for kind in ("wall", "CPU"):
             (ratio,) = numbers(out, rf"^ratio {re.escape(label)} \({kind}\): (\S+)")
             assert math.isfinite(ratio) and ratio > 0, out
+    assert numbers(out, r"^tracking calls alone \(CPU\): (\S+) ms/step")
     assert numbers(out, r"^load\s*: (\S+)")
     assert not list(tmp_path.iterdir()), "the bench must leave no MLflow store behind"
 
