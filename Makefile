@@ -29,8 +29,11 @@ test: install
 lint: install
 	$(BIN)/ruff check pipeline plugins tests bench examples
 
+# Figures and the hardware they were measured on: docs/performance.md
 bench: install
 	$(BIN)/python bench/parzen.py
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/startup.py
 
 ui:
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
