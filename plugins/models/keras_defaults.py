@@ -36,8 +36,15 @@ class BatchNormParams(BaseModel):
     )
 
     def check_bn_used(self, used: bool, how: str) -> None:
-        """Refuse bn_momentum / bn_eps set explicitly on a net that has no BatchNorm."""
-        given = sorted({"bn_momentum", "bn_eps"} & self.model_fields_set)
+        """Refuse bn_momentum / bn_eps set to other than their defaults on a net that has no
+        BatchNorm. (Defaults pass: a run's resolved recipe, which ``resume`` and ``evaluate``
+        validate again, spells every default out.)"""
+        fields = type(self).model_fields
+        given = sorted(
+            k
+            for k in {"bn_momentum", "bn_eps"} & self.model_fields_set
+            if getattr(self, k) != fields[k].default
+        )
         if given and not used:
             raise ValueError(f"{' and '.join(given)} only apply with BatchNorm ({how})")
 
