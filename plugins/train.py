@@ -12,7 +12,11 @@ Design choices, all for speed on small nets where overhead dominates:
 from __future__ import annotations
 
 import math
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -258,52 +262,107 @@ class Trainer:
 
     # ------------------------------------------------------------ loop
     def fit(self) -> int:
-        from gan_pipe.plugins.train_progress import progress_bar
-
-        ctx, cfg = self.ctx, self.cfg
+        """Train to ``self.steps``. Ctrl-C (SIGINT) and SIGTERM stop the run between steps:
+        the step under way is finished, the last completed step is checkpointed, and a
+        KeyboardInterrupt (with ``checkpoint_step``, the newest checkpoint's step or None, and
+        ``run_id``) goes up to the runner, which marks the run KILLED. A second signal stops
+        at once; the checkpoint is then the last one written before it."""
+        ctx = self.ctx
         self.G.train()
         self.D.train()
         ctx.step = self.start_step
+        self._stop_signal: int | None = None
+        self._in_step = False
+        with self._signals_deferred():
+            try:
+                self._loop()
+            except KeyboardInterrupt as e:
+                self._interrupted(e)
+                raise
+            if self._saved_step != ctx.step:
+                self.save_checkpoint(ctx.step)
+            ctx.tracker.flush(wait=False)
+        if self._stop_signal is not None:
+            # asked to stop during the last step: training is complete and checkpointed; the
+            # run stops here (KILLED) instead of going on to evaluation
+            raise KeyboardInterrupt
+        return ctx.step
+
+    def _loop(self) -> None:
+        from gan_pipe.plugins.train_progress import progress_bar
+
+        ctx, cfg = self.ctx, self.cfg
         listeners = ctx.plugins.has_step_listeners()
         if self.start_step == 0:
             self._log_samples(0)
-        try:
-            with progress_bar(
-                self.steps, enabled=cfg.progress, title=ctx.recipe.experiment.name
-            ) as bar:
-                for step in range(self.start_step + 1, self.steps + 1):
-                    if cfg.updates == "simultaneous":
-                        for values in self.simultaneous_step():
-                            self._add(values)
-                    else:
-                        for _ in range(cfg.n_critic):
-                            self._add(self.discriminator_step())
-                        self._add(self.generator_step())
-                    ctx.step = step
-                    if listeners:
-                        ctx.plugins.on_train_step(ctx, step)
-                    if step % cfg.log_every == 0 or step == self.steps:
-                        bar.show(self._drain(step))
-                    if step % self.sample_every == 0 or step == self.steps:
-                        self._log_samples(step)
-                    if cfg.eval_every and step % cfg.eval_every == 0 and step != self.steps:
-                        self._evaluate(step)
-                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                        self.save_checkpoint(step)
-                    bar.advance()
-        except KeyboardInterrupt:
-            # Ctrl-C: keep what was trained. The last completed step's weights are saved as a
-            # checkpoint before the run is marked KILLED; losses since the last logging step
-            # are dropped (a half-finished step would skew their mean).
-            self._acc.clear()
-            self._acc_counts.clear()
-            if ctx.step > 0 and self._saved_step != ctx.step:
-                self.save_checkpoint(ctx.step)
-            raise
-        if self._saved_step != ctx.step:
+        with progress_bar(
+            self.steps, enabled=cfg.progress, title=ctx.recipe.experiment.name
+        ) as bar:
+            for step in range(self.start_step + 1, self.steps + 1):
+                if self._stop_signal is not None:
+                    raise KeyboardInterrupt
+                # a step mutates nets, optimisers, schedules, the sampler and the RNG states:
+                # a checkpoint taken while _in_step would not match its label
+                self._in_step = True
+                if cfg.updates == "simultaneous":
+                    for values in self.simultaneous_step():
+                        self._add(values)
+                else:
+                    for _ in range(cfg.n_critic):
+                        self._add(self.discriminator_step())
+                    self._add(self.generator_step())
+                ctx.step = step
+                self._in_step = False
+                if listeners:
+                    ctx.plugins.on_train_step(ctx, step)
+                if step % cfg.log_every == 0 or step == self.steps:
+                    bar.show(self._drain(step))
+                if step % self.sample_every == 0 or step == self.steps:
+                    self._log_samples(step)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step != self.steps:
+                    self._evaluate(step)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint(step)
+                bar.advance()
+
+    def _interrupted(self, e: KeyboardInterrupt) -> None:
+        """Keep what was trained: checkpoint the last completed step unless the interrupt
+        came in the middle of one (a second Ctrl-C), whose half-updated state would not match
+        its label; then the newest checkpoint is the one to resume from. Losses since the last
+        logging step are dropped (a half-finished step would skew their mean)."""
+        ctx = self.ctx
+        self._acc.clear()
+        self._acc_counts.clear()
+        if not self._in_step and ctx.step > 0 and self._saved_step != ctx.step:
             self.save_checkpoint(ctx.step)
-        ctx.tracker.flush(wait=False)
-        return ctx.step
+        e.checkpoint_step = self._saved_step if self._saved_step > 0 else None  # type: ignore[attr-defined]
+        e.run_id = getattr(ctx.tracker, "run_id", None)  # type: ignore[attr-defined]
+
+    @contextmanager
+    def _signals_deferred(self) -> Iterator[None]:
+        """While training, SIGINT and SIGTERM only ask the loop to stop after the current step;
+        a second one raises KeyboardInterrupt at once. The previous handlers come back after.
+        Signals set to be ignored stay ignored; off the main thread Python delivers none."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            before = signal.getsignal(sig)
+            if before is not signal.SIG_IGN:
+                previous[sig] = before
+                signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, before in previous.items():
+                signal.signal(sig, before if before is not None else signal.SIG_DFL)
 
     def _add(self, values: dict[str, torch.Tensor]) -> None:
         for k, v in values.items():
@@ -393,8 +452,8 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 
     def save_checkpoint(self, step: int) -> None:
-        self._saved_step = step
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"checkpoint-{step:07d}.pt"
             torch.save(self.checkpoint_state(step), path)
             self.ctx.tracker.log_artifact(path, "checkpoints")
+        self._saved_step = step  # only once it is in the store
