@@ -289,3 +289,22 @@ def test_a_signal_from_outside_at_a_random_moment(recipe, sig, seed):
     res = runner.invoke(app, ["run", str(recipe), *_LONG, "--set", f"train.steps={steps}"])
     assert res.exit_code == 0, res.output
     assert_same_state(_final_checkpoint(_run_id(res.output)), _final_checkpoint(run_id))
+
+
+# ------------------------------------------------------------------ divergence
+def test_a_diverged_run_fails_naming_the_step_and_saves_no_nan_checkpoint(recipe):
+    res = runner.invoke(
+        app, ["run", str(recipe), "--set", 'train.optimizer="sgd"', "--set", "train.lr=1e30"]
+    )
+    assert res.exit_code == 2, res.output
+    found = re.search(r"training diverged at step (\d+): (\S+) = (\S+)", res.output)
+    assert found, res.output
+    assert int(found.group(1)) % 3 == 0 or int(found.group(1)) % 5 == 0  # log or checkpoint
+    assert found.group(3) in ("nan", "inf", "-inf")
+    (run,) = _client().search_runs(_client().search_experiments()[0].experiment_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["gan_pipe.diverged"].startswith(f"step {found.group(1)}:")
+    for f in _client().list_artifacts(run.info.run_id, "checkpoints"):
+        state = torch.load(_client().download_artifacts(run.info.run_id, f.path, "."))
+        assert all(torch.isfinite(t).all() for t in state["generator"].values())
+        assert all(torch.isfinite(t).all() for t in state["discriminator"].values())
