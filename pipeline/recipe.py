@@ -140,7 +140,15 @@ class Train(_Strict):
     checkpoint_every: int = Field(
         0,
         ge=0,
-        description="save a checkpoint every N steps (0: at the end)",
+        description="also save a checkpoint every N steps (0: none by step count); the end "
+        "of training and an interrupt always save one",
+    )
+    checkpoint_minutes: float = Field(
+        10.0,
+        ge=0,
+        description="save a checkpoint when this many minutes have passed since the last one, "
+        "checked at logging steps (0: none by time); every checkpoint is kept under "
+        "checkpoints/, and gan-pipe resume continues from the newest",
     )
     on_nonfinite: Literal["stop", "rollback", "ignore"] = Field(
         "stop",

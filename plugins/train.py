@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -166,6 +167,8 @@ class Trainer:
         self._good: dict[str, Any] | None = None  # the last state seen finite (rollback)
         self._rollbacks = 0
         self._lr_scale = 1.0  # product of the rollbacks' learning-rate factors
+        self._clock = time.monotonic
+        self._last_save = self._clock()
         resume = ctx.state.get("resume")
         if resume is not None:
             self.load_checkpoint_state(resume)
@@ -430,11 +433,15 @@ class Trainer:
                         step = self._diverged(step, self._bad)
                         continue
                     self._keep_good(step)
+                    minutes = cfg.checkpoint_minutes
+                    if minutes and self._clock() - self._last_save >= 60 * minutes:
+                        self.save_checkpoint(step)  # checked finite just now
                 if step % self.sample_every == 0 or step == self.steps:
                     self._log_samples(step)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != self.steps:
                     self._evaluate(step)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                every = cfg.checkpoint_every
+                if every and step % every == 0 and self._saved_step != step:
                     bad = self._nonfinite_now()
                     if bad is not None:
                         step = self._diverged(step, bad)
@@ -588,3 +595,4 @@ class Trainer:
             torch.save(self.checkpoint_state(step), path)
             self.ctx.tracker.log_artifact(path, "checkpoints")
         self._saved_step = step  # only once it is in the store
+        self._last_save = self._clock()

@@ -390,3 +390,22 @@ def test_nonfinite_settings_are_validated():
         Train(on_nonfinite="warn")
     with pytest.raises(ValidationError, match="rollback_lr_factor"):
         Train(rollback_lr_factor=1.0)
+
+
+def test_checkpoints_by_time_at_logging_steps():
+    """checkpoint_minutes (default 10) saves at the first logging step that many minutes after
+    the last checkpoint; a fake clock advances a minute per step."""
+    assert Train().checkpoint_minutes == 10
+
+    def saved_steps(**train):
+        t, saved = _poisoned([], **train)
+        now = [0.0]
+        t._clock = lambda: now[0]
+        t._last_save = 0.0
+        t.ctx.plugins.on_train_step = lambda ctx, step: now.__setitem__(0, 60.0 * step)
+        t.fit()
+        return [s for s, _ in saved]
+
+    assert saved_steps(checkpoint_minutes=3) == [4, 8, 12]  # 4 minutes apart: log_every 2
+    assert saved_steps(checkpoint_minutes=3, checkpoint_every=5) == [4, 5, 8, 10, 12]
+    assert saved_steps(checkpoint_minutes=0) == [12]  # the end of training only
