@@ -172,6 +172,7 @@ class Trainer:
         resume = ctx.state.get("resume")
         if resume is not None:
             self.load_checkpoint_state(resume)
+            self._logged_history()
         else:
             ctx.tracker.log_params(
                 {
@@ -180,6 +181,22 @@ class Trainer:
                     "train.batches_per_epoch": self.sampler.per_epoch,
                 }
             )
+
+    def _logged_history(self) -> None:
+        """On resume, ``ctx.history`` starts with the run's logged train/ and eval/ values up
+        to the checkpoint, so loss plots and curves cover the whole run. Points logged after
+        the checkpoint (a killed process, an abandoned rollback) are left out; of points
+        logged twice at one step the later is kept."""
+        client = getattr(self.ctx.tracker, "client", None)
+        run_id = getattr(self.ctx.tracker, "run_id", None)
+        if client is None or run_id is None:
+            return
+        keys = client.get_run(run_id).data.metrics
+        for key in sorted(k for k in keys if k.startswith(("train/", "eval/"))):
+            points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+            by_step = {m.step: m.value for m in points if m.step <= self.start_step}
+            if by_step:
+                self.ctx.history[key] = sorted(by_step.items())
 
     # ------------------------------------------------------------ one step
     def discriminator_step(self) -> dict[str, torch.Tensor]:
@@ -404,9 +421,8 @@ class Trainer:
         listeners = ctx.plugins.has_step_listeners()
         if self.start_step == 0:
             self._log_samples(0)
-        with progress_bar(
-            self.steps, enabled=cfg.progress, title=ctx.recipe.experiment.name
-        ) as bar:
+        title = ctx.recipe.experiment.name
+        with progress_bar(self.steps, cfg.progress, title, start=self.start_step) as bar:
             self._keep_good(self.start_step)
             step = self.start_step
             while step < self.steps:

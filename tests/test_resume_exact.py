@@ -308,3 +308,27 @@ def test_a_diverged_run_fails_naming_the_step_and_saves_no_nan_checkpoint(recipe
         state = torch.load(_client().download_artifacts(run.info.run_id, f.path, "."))
         assert all(torch.isfinite(t).all() for t in state["generator"].values())
         assert all(torch.isfinite(t).all() for t in state["discriminator"].values())
+
+
+# ------------------------------------------------------------------ history after resume
+def test_a_resumed_run_plots_its_whole_history(recipe, monkeypatch):
+    """Loss curves after a resume that extends a run cover the whole run: ctx.history starts
+    with what the run logged up to its checkpoint."""
+    seen = {}
+    fit = Trainer.fit
+
+    def keep_history(self):
+        out = fit(self)
+        seen.update({k: list(v) for k, v in self.ctx.history.items()})
+        return out
+
+    monkeypatch.setattr(Trainer, "fit", keep_history)
+    res = runner.invoke(app, ["run", str(recipe), "--set", "train.steps=12"])
+    assert res.exit_code == 0, res.output
+    run_id = _run_id(res.output)
+    first = dict(seen["train/d_loss"])
+    res = runner.invoke(app, ["resume", run_id, "--steps", "18"])
+    assert res.exit_code == 0, res.output
+    steps = [s for s, _ in seen["train/d_loss"]]
+    assert steps == [3, 6, 9, 12, 15, 18]
+    assert {s: v for s, v in seen["train/d_loss"] if s <= 12} == pytest.approx(first)

@@ -409,3 +409,15 @@ def test_checkpoints_by_time_at_logging_steps():
     assert saved_steps(checkpoint_minutes=3) == [4, 8, 12]  # 4 minutes apart: log_every 2
     assert saved_steps(checkpoint_minutes=3, checkpoint_every=5) == [4, 5, 8, 10, 12]
     assert saved_steps(checkpoint_minutes=0) == [12]  # the end of training only
+
+
+def test_log_lines_of_a_resumed_run_count_from_its_checkpoint(capsys):
+    from gan_pipe.plugins.train_progress import _Lines
+
+    bar = _Lines(total=100, title="t", start=60)
+    for step in range(61, 101):
+        if step % 10 == 0:
+            bar.show({"train/d_loss": float(step)})
+        bar.advance()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [ln.split()[3] for ln in lines] == [f"{s}/100" for s in (70, 80, 90, 100)]
