@@ -62,15 +62,28 @@ def _stage(name: str) -> None:
     typer.secho(f"[{name}]", fg=typer.colors.CYAN, err=True)
 
 
-_INTERRUPTED = "interrupted; the MLflow run is marked KILLED (continue it with gan-pipe resume)"
+def _interrupted(e: KeyboardInterrupt) -> str:
+    """What Ctrl-C (or SIGTERM) left: the trainer puts the newest checkpoint's step on the
+    exception (None: no checkpoint); without it the interrupt came outside training."""
+    if not hasattr(e, "checkpoint_step"):
+        return "interrupted outside training; the MLflow run is marked KILLED"
+    if e.checkpoint_step is None:
+        return (
+            "interrupted before the first training step; the MLflow run is marked KILLED and "
+            "has no checkpoint, so there is nothing to resume: run the recipe again"
+        )
+    return (
+        f"interrupted; the MLflow run is marked KILLED with a checkpoint of step "
+        f"{e.checkpoint_step}: continue it with gan-pipe resume {getattr(e, 'run_id', 'RUN_ID')}"
+    )
 
 
-def _train(start: Callable[[], Any], interrupted: str = _INTERRUPTED) -> Any:
+def _train(start: Callable[[], Any], interrupted: str | None = None) -> Any:
     """Run or resume training; map what can happen to messages and exit codes."""
     try:
         return start()
-    except KeyboardInterrupt:
-        _err(interrupted)
+    except KeyboardInterrupt as e:
+        _err(interrupted or _interrupted(e))
         raise typer.Exit(130) from None
     except RecipeError as e:
         raise _fail(e) from None

@@ -233,7 +233,35 @@ class Train(_Strict):
         0, ge=0, description="run the metrics every N steps (0: only at the end)"
     )
     checkpoint_every: int = Field(
-        0, ge=0, description="save a checkpoint every N steps (0: at the end)"
+        0,
+        ge=0,
+        description="also save a checkpoint every N steps (0: none by step count); the end "
+        "of training and an interrupt always save one",
+    )
+    checkpoint_minutes: float = Field(
+        10.0,
+        ge=0,
+        description="save a checkpoint when this many minutes have passed since the last one, "
+        "checked at logging steps (0: none by time); every checkpoint is kept under "
+        "checkpoints/, and gan-pipe resume continues from the newest",
+    )
+    on_nonfinite: Literal["stop", "rollback", "ignore"] = Field(
+        "stop",
+        description="what a NaN or infinite loss or weight does, checked at logging steps and "
+        "before each checkpoint: stop = the run FAILS naming the step and value (no NaN "
+        "checkpoint is saved); rollback = go back to the last logging step whose values were "
+        "finite with the learning rates times rollback_lr_factor, at most max_rollbacks times, "
+        "then stop; ignore = train on",
+    )
+    rollback_lr_factor: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="on_nonfinite = 'rollback': learning rates are multiplied "
+        "by this at each rollback",
+    )
+    max_rollbacks: int = Field(
+        3, ge=0, description="on_nonfinite = 'rollback': rollbacks before the run stops"
     )
     progress: bool = True
 

@@ -11,14 +11,22 @@ Design choices, all for speed on small nets where overhead dominates:
 
 from __future__ import annotations
 
+import copy
 import math
+import signal
+import sys
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gan_pipe.context import LossInputs
+from gan_pipe.errors import UserError
 
 if TYPE_CHECKING:
     from gan_pipe.context import RunContext
@@ -96,6 +104,19 @@ def total_steps(train: Any, n_rows: int) -> int:
     return max(1, math.ceil(epochs * per_epoch / train.n_critic))
 
 
+class TrainingDiverged(UserError):
+    """A NaN or infinite loss or weight, with ``train.on_nonfinite = 'stop'`` or rollbacks
+    used up: the run is marked FAILED and no checkpoint of the diverged state is saved."""
+
+
+def _first_nonfinite(metrics: dict[str, float], weights_ok: float) -> str | None:
+    """'train/d_loss = nan' for the first non-finite value, or None when all are finite."""
+    for k, v in metrics.items():
+        if not math.isfinite(v):
+            return f"{k} = {v}"
+    return None if weights_ok == 1.0 else "a weight of G or D is NaN or infinite"
+
+
 def _values(key: str, loss: torch.Tensor, extras: dict[str, torch.Tensor]):
     """A step's loss and extras, detached, for the log accumulators."""
     return {key: loss.detach(), **{k: v.detach() for k, v in extras.items()}}
@@ -135,9 +156,23 @@ class Trainer:
         self._acc_counts: dict[str, int] = {}
         self._saved_step = -1
         self.start_step = 0
+        # the floating tensors of both nets, checked for NaN/inf at logging steps
+        self._watched = [
+            t
+            for net in (self.G, self.D)
+            for t in net.state_dict().values()
+            if t.is_floating_point()
+        ]
+        self._bad: str | None = None  # what the last check found non-finite
+        self._good: dict[str, Any] | None = None  # the last state seen finite (rollback)
+        self._rollbacks = 0
+        self._lr_scale = 1.0  # product of the rollbacks' learning-rate factors
+        self._clock = time.monotonic
+        self._last_save = self._clock()
         resume = ctx.state.get("resume")
         if resume is not None:
             self.load_checkpoint_state(resume)
+            self._logged_history()
         else:
             ctx.tracker.log_params(
                 {
@@ -146,6 +181,22 @@ class Trainer:
                     "train.batches_per_epoch": self.sampler.per_epoch,
                 }
             )
+
+    def _logged_history(self) -> None:
+        """On resume, ``ctx.history`` starts with the run's logged train/ and eval/ values up
+        to the checkpoint, so loss plots and curves cover the whole run. Points logged after
+        the checkpoint (a killed process, an abandoned rollback) are left out; of points
+        logged twice at one step the later is kept."""
+        client = getattr(self.ctx.tracker, "client", None)
+        run_id = getattr(self.ctx.tracker, "run_id", None)
+        if client is None or run_id is None:
+            return
+        keys = client.get_run(run_id).data.metrics
+        for key in sorted(k for k in keys if k.startswith(("train/", "eval/"))):
+            points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+            by_step = {m.step: m.value for m in points if m.step <= self.start_step}
+            if by_step:
+                self.ctx.history[key] = sorted(by_step.items())
 
     # ------------------------------------------------------------ one step
     def discriminator_step(self) -> dict[str, torch.Tensor]:
@@ -244,10 +295,16 @@ class Trainer:
             return {}
         keys = list(self._acc)
         counts = self._acc_counts
-        values = torch.stack([self._acc[k] / counts[k] for k in keys]).tolist()
+        parts = [self._acc[k] / counts[k] for k in keys]
+        check = self.cfg.on_nonfinite != "ignore"
+        if check:  # in the same sync as the losses
+            parts.append(self._weights_finite())
+        values = torch.stack(parts).tolist()
+        weights_ok = values.pop() if check else 1.0
         self._acc.clear()
         self._acc_counts = {}
         metrics = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
+        self._bad = _first_nonfinite(metrics, weights_ok) if check else None
         if self.cfg.lr_schedule != "constant":
             metrics["train/lr_g"] = self.sched_g.get_last_lr()[0]
             metrics["train/lr_d"] = self.sched_d.get_last_lr()[0]
@@ -256,54 +313,198 @@ class Trainer:
         self.ctx.tracker.log_metrics(metrics, step)
         return metrics
 
+    # ------------------------------------------------------------ divergence
+    def _weights_finite(self) -> torch.Tensor:
+        """1.0 (on the device, no sync) if every weight and buffer of G and D is finite."""
+        flags = torch.stack([torch.isfinite(t).all() for t in self._watched])
+        return flags.all().float()
+
+    def _nonfinite_now(self) -> str | None:
+        """The divergence check of a logging step, for a checkpoint between logging steps
+        (one sync, which saving the checkpoint makes anyway); the means stay accumulated."""
+        if self.cfg.on_nonfinite == "ignore":
+            return None
+        keys = list(self._acc)
+        values = torch.stack([*(self._acc[k] for k in keys), self._weights_finite()]).tolist()
+        ok = values.pop()
+        return _first_nonfinite({f"train/{k}": v for k, v in zip(keys, values, strict=True)}, ok)
+
+    def _keep_good(self, step: int) -> None:
+        """Remember a state found finite, for on_nonfinite = 'rollback' (copies on the device,
+        at logging steps and checkpoints only)."""
+        if self.cfg.on_nonfinite == "rollback":
+            self._good = {**copy.deepcopy(self._training_state()), "step": step}
+            self._good["lr_scale"] = self._lr_scale
+
+    def _diverged(self, step: int, what: str) -> int:
+        """Apply train.on_nonfinite to a non-finite value found at ``step``: raise
+        TrainingDiverged, or roll back and return the step training goes on from."""
+        cfg, ctx = self.cfg, self.ctx
+        if cfg.on_nonfinite == "rollback" and self._good is not None:
+            if self._rollbacks < cfg.max_rollbacks:
+                return self._roll_back(step, what)
+        tried = f" after {self._rollbacks} rollback(s)" if cfg.on_nonfinite == "rollback" else ""
+        kept = (
+            f"the newest checkpoint is step {self._saved_step}"
+            if self._saved_step > 0
+            else "no checkpoint was saved"
+        )
+        self._acc.clear()
+        self._acc_counts.clear()
+        ctx.tracker.set_tags({"gan_pipe.diverged": f"step {step}: {what}"})
+        raise TrainingDiverged(
+            f"training diverged at step {step}: {what} (train.on_nonfinite = "
+            f"{cfg.on_nonfinite!r}{tried}); the run is marked FAILED and its diverged state is "
+            f"not saved ({kept}). Lower train.lr, or set train.on_nonfinite = 'rollback'"
+        )
+
+    def _roll_back(self, step: int, what: str) -> int:
+        cfg, ctx, good = self.cfg, self.ctx, self._good
+        assert good is not None
+        rollbacks, scale = self._rollbacks + 1, self._lr_scale * cfg.rollback_lr_factor
+        self._restore(good)  # the state's own count and scale: set after
+        self._rollbacks, self._lr_scale = rollbacks, scale
+        factor = scale / good["lr_scale"]
+        for opt, sched in ((self.opt_g, self.sched_g), (self.opt_d, self.sched_d)):
+            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+            for group in opt.param_groups:
+                group["lr"] *= factor
+                if "initial_lr" in group:
+                    group["initial_lr"] *= factor
+        back = int(good["step"])
+        self._acc.clear()
+        self._acc_counts.clear()
+        for key, points in ctx.history.items():  # the curves of the trajectory kept
+            ctx.history[key] = [(s, v) for s, v in points if s <= back]
+        note = (
+            f"step {step}: {what}; rolled back to step {back} with learning rates "
+            f"x{self._lr_scale:g} (rollback {self._rollbacks} of {cfg.max_rollbacks})"
+        )
+        ctx.tracker.log_metrics({"train/rollbacks": self._rollbacks}, step)
+        ctx.tracker.set_tags({f"gan_pipe.rollback.{self._rollbacks}": note})
+        print(f"train: {note}", file=sys.stderr, flush=True)
+        ctx.step = back
+        return back
+
     # ------------------------------------------------------------ loop
     def fit(self) -> int:
-        from gan_pipe.plugins.train_progress import progress_bar
-
-        ctx, cfg = self.ctx, self.cfg
+        """Train to ``self.steps``. Ctrl-C (SIGINT) and SIGTERM stop the run between steps:
+        the step under way is finished, the last completed step is checkpointed, and a
+        KeyboardInterrupt (with ``checkpoint_step``, the newest checkpoint's step or None, and
+        ``run_id``) goes up to the runner, which marks the run KILLED. A second signal stops
+        at once; the checkpoint is then the last one written before it."""
+        ctx = self.ctx
         self.G.train()
         self.D.train()
         ctx.step = self.start_step
+        self._stop_signal: int | None = None
+        self._in_step = False
+        with self._signals_deferred():
+            try:
+                self._loop()
+            except KeyboardInterrupt as e:
+                self._interrupted(e)
+                raise
+            if self._saved_step != ctx.step:
+                self.save_checkpoint(ctx.step)
+            ctx.tracker.flush(wait=False)
+        if self._stop_signal is not None:
+            # asked to stop during the last step: training is complete and checkpointed; the
+            # run stops here (KILLED) instead of going on to evaluation
+            raise KeyboardInterrupt
+        return ctx.step
+
+    def _loop(self) -> None:
+        from gan_pipe.plugins.train_progress import progress_bar
+
+        ctx, cfg = self.ctx, self.cfg
         listeners = ctx.plugins.has_step_listeners()
         if self.start_step == 0:
             self._log_samples(0)
-        try:
-            with progress_bar(
-                self.steps, enabled=cfg.progress, title=ctx.recipe.experiment.name
-            ) as bar:
-                for step in range(self.start_step + 1, self.steps + 1):
-                    if cfg.updates == "simultaneous":
-                        for values in self.simultaneous_step():
-                            self._add(values)
-                    else:
-                        for _ in range(cfg.n_critic):
-                            self._add(self.discriminator_step())
-                        self._add(self.generator_step())
-                    ctx.step = step
-                    if listeners:
-                        ctx.plugins.on_train_step(ctx, step)
-                    if step % cfg.log_every == 0 or step == self.steps:
-                        bar.show(self._drain(step))
-                    if step % self.sample_every == 0 or step == self.steps:
-                        self._log_samples(step)
-                    if cfg.eval_every and step % cfg.eval_every == 0 and step != self.steps:
-                        self._evaluate(step)
-                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                        self.save_checkpoint(step)
-                    bar.advance()
-        except KeyboardInterrupt:
-            # Ctrl-C: keep what was trained. The last completed step's weights are saved as a
-            # checkpoint before the run is marked KILLED; losses since the last logging step
-            # are dropped (a half-finished step would skew their mean).
-            self._acc.clear()
-            self._acc_counts.clear()
-            if ctx.step > 0 and self._saved_step != ctx.step:
+        title = ctx.recipe.experiment.name
+        with progress_bar(self.steps, cfg.progress, title, start=self.start_step) as bar:
+            self._keep_good(self.start_step)
+            step = self.start_step
+            while step < self.steps:
+                step += 1
+                if self._stop_signal is not None:
+                    raise KeyboardInterrupt
+                # a step mutates nets, optimisers, schedules, the sampler and the RNG states:
+                # a checkpoint taken while _in_step would not match its label
+                self._in_step = True
+                if cfg.updates == "simultaneous":
+                    for values in self.simultaneous_step():
+                        self._add(values)
+                else:
+                    for _ in range(cfg.n_critic):
+                        self._add(self.discriminator_step())
+                    self._add(self.generator_step())
+                ctx.step = step
+                self._in_step = False
+                if listeners:
+                    ctx.plugins.on_train_step(ctx, step)
+                if step % cfg.log_every == 0 or step == self.steps:
+                    bar.show(self._drain(step))
+                    if self._bad is not None:
+                        step = self._diverged(step, self._bad)
+                        continue
+                    self._keep_good(step)
+                    minutes = cfg.checkpoint_minutes
+                    if minutes and self._clock() - self._last_save >= 60 * minutes:
+                        self.save_checkpoint(step)  # checked finite just now
+                if step % self.sample_every == 0 or step == self.steps:
+                    self._log_samples(step)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step != self.steps:
+                    self._evaluate(step)
+                every = cfg.checkpoint_every
+                if every and step % every == 0 and self._saved_step != step:
+                    bad = self._nonfinite_now()
+                    if bad is not None:
+                        step = self._diverged(step, bad)
+                        continue
+                    self.save_checkpoint(step)
+                    self._keep_good(step)
+                bar.advance()
+
+    def _interrupted(self, e: KeyboardInterrupt) -> None:
+        """Keep what was trained: checkpoint the last completed step unless the interrupt
+        came in the middle of one (a second Ctrl-C), whose half-updated state would not match
+        its label; then the newest checkpoint is the one to resume from. Losses since the last
+        logging step are dropped (a half-finished step would skew their mean)."""
+        ctx = self.ctx
+        if not self._in_step and ctx.step > 0 and self._saved_step != ctx.step:
+            if self._nonfinite_now() is None:  # never a checkpoint of a diverged state
                 self.save_checkpoint(ctx.step)
-            raise
-        if self._saved_step != ctx.step:
-            self.save_checkpoint(ctx.step)
-        ctx.tracker.flush(wait=False)
-        return ctx.step
+        self._acc.clear()
+        self._acc_counts.clear()
+        e.checkpoint_step = self._saved_step if self._saved_step > 0 else None  # type: ignore[attr-defined]
+        e.run_id = getattr(ctx.tracker, "run_id", None)  # type: ignore[attr-defined]
+
+    @contextmanager
+    def _signals_deferred(self) -> Iterator[None]:
+        """While training, SIGINT and SIGTERM only ask the loop to stop after the current step;
+        a second one raises KeyboardInterrupt at once. The previous handlers come back after.
+        Signals set to be ignored stay ignored; off the main thread Python delivers none."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            before = signal.getsignal(sig)
+            if before is not signal.SIG_IGN:
+                previous[sig] = before
+                signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, before in previous.items():
+                signal.signal(sig, before if before is not None else signal.SIG_DFL)
 
     def _add(self, values: dict[str, torch.Tensor]) -> None:
         for k, v in values.items():
@@ -356,9 +557,9 @@ class Trainer:
         for k, v in results.items():
             self.ctx.history.setdefault(f"eval/{k}", []).append((step, v))
 
-    def checkpoint_state(self, step: int) -> dict[str, Any]:
+    def _training_state(self) -> dict[str, Any]:
+        """Everything a step changes (references: copy before keeping)."""
         state = {
-            "step": step,
             "generator": self.G.state_dict(),
             "discriminator": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(),
@@ -366,17 +567,29 @@ class Trainer:
             "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "sampler_perm": self.sampler._perm.cpu(),
+            "sampler_perm": self.sampler._perm,
             "sampler_i": self.sampler._i,
-            "recipe": self.ctx.recipe.model_dump(mode="json"),
+            "rollbacks": self._rollbacks,
+            "lr_scale": self._lr_scale,
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
+    def checkpoint_state(self, step: int) -> dict[str, Any]:
+        state = {"step": step, **self._training_state()}
+        state["sampler_perm"] = self.sampler._perm.cpu()
+        state["recipe"] = self.ctx.recipe.model_dump(mode="json")
+        return state
+
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Continue exactly where a checkpoint left off: nets, optimisers, schedules, batch
         order and RNG states (``gan-pipe resume``)."""
+        self._restore(state)
+        self.start_step = int(state["step"])
+        self._saved_step = self.start_step
+
+    def _restore(self, state: dict[str, Any]) -> None:
         self.G.load_state_dict(state["generator"])
         self.D.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
@@ -386,15 +599,16 @@ class Trainer:
         if "sampler_perm" in state:
             self.sampler._perm = state["sampler_perm"].to(self.device)
             self.sampler._i = int(state["sampler_i"])
-        self.start_step = int(state["step"])
-        self._saved_step = self.start_step
+        self._rollbacks = int(state.get("rollbacks", 0))
+        self._lr_scale = float(state.get("lr_scale", 1.0))
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 
     def save_checkpoint(self, step: int) -> None:
-        self._saved_step = step
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"checkpoint-{step:07d}.pt"
             torch.save(self.checkpoint_state(step), path)
             self.ctx.tracker.log_artifact(path, "checkpoints")
+        self._saved_step = step  # only once it is in the store
+        self._last_save = self._clock()

@@ -27,11 +27,11 @@ class _Lines(_Bar):
     """Off a terminal (CI logs): a line at the first logging step past each ~10% of the run,
     so every line shows losses measured at the step it names."""
 
-    def __init__(self, total: int, title: str) -> None:
+    def __init__(self, total: int, title: str, start: int = 0) -> None:
         super().__init__()
-        self.total, self.title, self.done = total, title, 0
+        self.total, self.title, self.done, self.first = total, title, start, start
         self.every = max(1, total // 10)
-        self.next_line = self.every
+        self.next_line = (start // self.every + 1) * self.every
         self.start = time.perf_counter()
 
     def advance(self) -> None:
@@ -43,7 +43,7 @@ class _Lines(_Bar):
             return
         self.next_line = (step // self.every + 1) * self.every
         el = time.perf_counter() - self.start
-        eta = el / step * (self.total - step)
+        eta = el / (step - self.first) * (self.total - step)
         print(
             f"train {self.title}: step {step}/{self.total} "
             f"({100 * step / self.total:.0f}%, {el:.0f}s elapsed, ~{eta:.0f}s left)  "
@@ -58,7 +58,10 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 
 @contextmanager
-def progress_bar(total: int, enabled: bool = True, title: str = "train") -> Iterator[_Bar]:
+def progress_bar(
+    total: int, enabled: bool = True, title: str = "train", start: int = 0
+) -> Iterator[_Bar]:
+    """A bar over steps ``start + 1 .. total`` (a resumed run starts at its checkpoint)."""
     if not enabled:
         yield _Bar()
         return
@@ -74,7 +77,7 @@ def progress_bar(total: int, enabled: bool = True, title: str = "train") -> Iter
 
     console = Console(file=sys.stderr)
     if not console.is_terminal:
-        yield _Lines(total, title)
+        yield _Lines(total, title, start)
         return
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -86,5 +89,5 @@ def progress_bar(total: int, enabled: bool = True, title: str = "train") -> Iter
         console=console,
     )
     with progress:
-        task = progress.add_task(f"train {title}", total=total, losses="")
+        task = progress.add_task(f"train {title}", total=total, completed=start, losses="")
         yield _Bar(progress, task)

@@ -314,9 +314,11 @@ def test_ctrl_c_marks_run_killed_and_keeps_a_checkpoint(workdir, monkeypatch):
     calls = []
 
     def interrupt_at_step_4(self, x):
+        import signal
+
         calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
+        if len(calls) == 4:  # Ctrl-C inside step 4: the step is finished, then training stops
+            signal.raise_signal(signal.SIGINT)
         return original(self, x)
 
     monkeypatch.setattr(bce.NonSaturatingLoss, "discriminator_loss", interrupt_at_step_4)
@@ -325,9 +327,10 @@ def test_ctrl_c_marks_run_killed_and_keeps_a_checkpoint(workdir, monkeypatch):
     client = _client(workdir)
     (run,) = client.search_runs(experiment_ids=["1"])
     assert run.info.status == "KILLED"
+    assert f"checkpoint of step 4: continue it with gan-pipe resume {run.info.run_id}" in res.output
     ckpts = [f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")]
-    assert ckpts == ["checkpoints/checkpoint-0000003.pt"]  # the last completed step
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/d_loss")] == [2]
+    assert ckpts == ["checkpoints/checkpoint-0000004.pt"]  # the last completed step
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/d_loss")] == [2, 4]
 
 
 def test_schema_and_show():

@@ -37,7 +37,8 @@ class BatchNormParams(BaseModel):
 
     def check_bn_used(self, used: bool, how: str) -> None:
         """Refuse bn_momentum / bn_eps set to other than their defaults on a net that has no
-        BatchNorm (a run's resolved recipe lists the defaults, and must load again)."""
+        BatchNorm. (Defaults pass: a run's resolved recipe, which ``resume`` and ``evaluate``
+        validate again, spells every default out.)"""
         fields = type(self).model_fields
         given = sorted(
             k

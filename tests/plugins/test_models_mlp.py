@@ -309,3 +309,10 @@ def test_leaky_relu_slope_by_output():
     assert len(acts) == 2
     for a in acts:
         np.testing.assert_allclose(a(x), [-0.6, -0.15, 0.0, 1.5], rtol=1e-6)
+
+
+def test_bn_defaults_spelled_out_pass_without_batchnorm():
+    # a run's resolved recipe lists every default; resume and evaluate validate it again
+    MLPDiscriminatorParams(bn_momentum=0.1, bn_eps=1e-5)
+    with pytest.raises(ValidationError, match="bn_eps only apply"):
+        MLPDiscriminatorParams(bn_momentum=0.1, bn_eps=1e-3)

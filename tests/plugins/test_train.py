@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 
 import pytest
@@ -293,3 +294,130 @@ def test_simultaneous_step_matches_a_hand_computation():
     for a, b in zip(alt.D.parameters(), new_d, strict=True):
         torch.testing.assert_close(a.detach(), b)  # same D step
     assert not all(torch.allclose(a, b) for a, b in zip(alt.G.parameters(), new_g, strict=True))
+
+
+# ------------------------------------------------------------ divergence policy
+def _poisoned(at_steps, once=True, **train):
+    """A tiny trainer whose D gets a NaN weight after each step in ``at_steps`` (``once``:
+    only the first time that step is reached); records the checkpoints it saves, with their
+    finiteness, and the tags it sets."""
+    t = _tiny_trainer(**{"steps": 12, "log_every": 2, **train})
+    todo = set(at_steps)
+
+    def on_train_step(ctx, step):
+        if step in todo:
+            if once:
+                todo.discard(step)
+            with torch.no_grad():
+                t.D[0].weight[0, 0] = float("nan")
+
+    t.ctx.plugins = types.SimpleNamespace(
+        has_step_listeners=lambda: True, on_train_step=on_train_step
+    )
+    saved = []
+    t.ctx.tracker.set_tags = lambda tags: saved.append(("tags", tags))
+    original = t.save_checkpoint
+
+    def save(step):
+        finite = all(torch.isfinite(p).all() for p in [*t.G.parameters(), *t.D.parameters()])
+        saved.append((step, bool(finite)))
+        original(step)
+
+    t.save_checkpoint = save
+    return t, saved
+
+
+def test_nonfinite_loss_stops_the_run_naming_step_and_value():
+    from gan_pipe.errors import UserError
+    from gan_pipe.plugins.train import TrainingDiverged
+
+    t, saved = _poisoned([5], checkpoint_every=3)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 6: train/d_loss = nan") as e:
+        t.fit()
+    assert isinstance(e.value, UserError)  # the CLI's exit 2, the runner's FAILED
+    assert "newest checkpoint is step 3" in str(e.value)
+    checkpoints = [s for s in saved if s[0] != "tags"]
+    assert checkpoints == [(3, True)]  # step 6's checkpoint (NaN) never written
+
+
+def test_a_nan_weight_between_logging_steps_is_not_checkpointed():
+    from gan_pipe.plugins.train import TrainingDiverged
+
+    t, saved = _poisoned([2], checkpoint_every=3, log_every=4)  # NaN after 2, logged at 4
+    with pytest.raises(TrainingDiverged, match="step 3: train/d_loss = nan"):
+        t.fit()  # found by the check before step 3's checkpoint
+    assert [s for s in saved if s[0] != "tags"] == []
+
+
+def test_rollback_goes_back_to_the_last_finite_step_with_a_lower_lr():
+    t, saved = _poisoned([5], on_nonfinite="rollback", rollback_lr_factor=0.25)
+    assert t.fit() == 12
+    assert t._rollbacks == 1 and t.ctx.tracker.metrics["train/rollbacks"] == 1
+    assert t.opt_g.param_groups[0]["lr"] == pytest.approx(2e-4 * 0.25)
+    assert t.sched_d.base_lrs == [pytest.approx(2e-4 * 0.25)]
+    assert all(torch.isfinite(p).all() for p in t.D.parameters())
+    # the curves are those of the trajectory kept: step 6 (NaN) replaced by its redo
+    steps = [s for s, _ in t.ctx.history["train/d_loss"]]
+    assert steps == [2, 4, 6, 8, 10, 12]
+    assert all(v == v for _, v in t.ctx.history["train/d_loss"])
+    tags = [tags for kind, tags in saved if kind == "tags"]
+    assert any("rolled back to step 4" in v for tag in tags for v in tag.values())
+    assert t.checkpoint_state(12)["lr_scale"] == 0.25  # resume keeps the lowered lr
+
+
+def test_rollbacks_are_bounded():
+    from gan_pipe.plugins.train import TrainingDiverged
+
+    t, _ = _poisoned([5], once=False, on_nonfinite="rollback", max_rollbacks=2)
+    # step 5 poisons D every time: found at 6, back to 4, twice; the third time it stops
+    with pytest.raises(TrainingDiverged, match="after 2 rollback"):
+        t.fit()
+    assert t._rollbacks == 2
+
+
+def test_ignore_trains_on_through_nan():
+    t, saved = _poisoned([5], on_nonfinite="ignore")
+    assert t.fit() == 12
+    assert saved[-1] == (12, False)
+    assert math.isnan(t.ctx.history["train/d_loss"][-1][1])
+
+
+def test_nonfinite_settings_are_validated():
+    from pydantic import ValidationError
+
+    assert Train().on_nonfinite == "stop"
+    with pytest.raises(ValidationError, match="on_nonfinite"):
+        Train(on_nonfinite="warn")
+    with pytest.raises(ValidationError, match="rollback_lr_factor"):
+        Train(rollback_lr_factor=1.0)
+
+
+def test_checkpoints_by_time_at_logging_steps():
+    """checkpoint_minutes (default 10) saves at the first logging step that many minutes after
+    the last checkpoint; a fake clock advances a minute per step."""
+    assert Train().checkpoint_minutes == 10
+
+    def saved_steps(**train):
+        t, saved = _poisoned([], **train)
+        now = [0.0]
+        t._clock = lambda: now[0]
+        t._last_save = 0.0
+        t.ctx.plugins.on_train_step = lambda ctx, step: now.__setitem__(0, 60.0 * step)
+        t.fit()
+        return [s for s, _ in saved]
+
+    assert saved_steps(checkpoint_minutes=3) == [4, 8, 12]  # 4 minutes apart: log_every 2
+    assert saved_steps(checkpoint_minutes=3, checkpoint_every=5) == [4, 5, 8, 10, 12]
+    assert saved_steps(checkpoint_minutes=0) == [12]  # the end of training only
+
+
+def test_log_lines_of_a_resumed_run_count_from_its_checkpoint(capsys):
+    from gan_pipe.plugins.train_progress import _Lines
+
+    bar = _Lines(total=100, title="t", start=60)
+    for step in range(61, 101):
+        if step % 10 == 0:
+            bar.show({"train/d_loss": float(step)})
+        bar.advance()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [ln.split()[3] for ln in lines] == [f"{s}/100" for s in (70, 80, 90, 100)]
