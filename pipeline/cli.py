@@ -191,8 +191,8 @@ def sweep(
     if dry_run:
         return
     print_study(result)
-    if result.counts["FINISHED"] < sum(result.counts.values()):
-        raise typer.Exit(1)  # scripts see that some seed runs failed
+    if not result.complete:
+        raise typer.Exit(1)  # scripts see that some seed runs failed or never started
 
 
 def _summary(result) -> None:

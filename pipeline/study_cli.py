@@ -79,13 +79,14 @@ def print_study(result: Any) -> None:
 
     counts = result.counts
     typer.echo("")
-    status = "finished" if counts["FINISHED"] == sum(counts.values()) else "ended"
+    status = "finished" if result.complete else "ended"
     typer.secho(f"study {result.name} {status}", fg=typer.colors.GREEN, bold=True)
     typer.echo(f"  study run:  {result.run_id}")
     typer.echo(f"  experiment: {result.experiment} (id {result.experiment_id})")
     typer.echo(
         f"  seed runs:  {counts['FINISHED']} finished, {counts['FAILED']} failed, "
-        f"{counts['KILLED']} killed ({result.ran} run now, {result.skipped} kept from before)"
+        f"{counts['KILLED']} killed, {result.expected - sum(counts.values())} missing "
+        f"({result.ran} run now, {result.skipped} kept from before)"
     )
     for v in result.variants:
         typer.secho(f"  {v.label}", bold=True)

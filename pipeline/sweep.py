@@ -60,6 +60,13 @@ class StudyResult:
     counts: Counter
     skipped: int
     ran: int
+    expected: int = 0  # seed runs the study asks for (variants x seeds)
+
+    @property
+    def complete(self) -> bool:
+        """Every seed run of every variant FINISHED (a worker that died before its run
+        existed counts as missing, not as fine)."""
+        return self.counts["FINISHED"] >= self.expected
 
 
 @dataclass
@@ -348,7 +355,9 @@ def _finish(
     metrics += [Metric("study/n_variants", len(variants), ts, 0)]
     client.log_batch(parent_id, metrics=metrics)
     client.set_terminated(parent_id, status=DONE if total[DONE] == expected else "FAILED")
-    return _result(spec, parent_id, experiment, exp_id, uri, results, total, skipped, ran)
+    result = _result(spec, parent_id, experiment, exp_id, uri, results, total, skipped, ran)
+    result.expected = expected
+    return result
 
 
 def _count_metrics(prefix: str, counts: Counter, expected: int) -> list[Any]:

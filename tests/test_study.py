@@ -266,3 +266,21 @@ def test_a_seed_run_equals_a_plain_run_of_that_seed(workdir):
     assert evals and evals == {
         k: v for k, v in plain.data.metrics.items() if k.startswith(("eval/", "train/"))
     }
+
+
+def test_seed_runs_that_never_started_are_missing_and_fail_the_sweep(workdir, monkeypatch):
+    """A worker that dies before its run exists (killed, out of memory) leaves no FAILED run
+    behind: the study counts it missing and the sweep does not exit 0."""
+    from gan_pipe import study_exec
+
+    def died(task):
+        return study_exec.SeedOutcome(task.label, task.seed, "FAILED", None, "worker died")
+
+    monkeypatch.setattr(study_exec, "run_seed", died)
+    path = write(workdir / "tiny.toml", TINY)
+    res = runner.invoke(app, ["sweep", str(path), "--seeds", "2", "--name", "died"])
+    assert res.exit_code == 1, res.output
+    assert "study died ended" in res.output and "2 missing" in res.output
+    c, kind = _tree(workdir)
+    (study,) = kind["study"]
+    assert study.info.status == "FAILED" and study.data.metrics["study/n_missing"] == 2
