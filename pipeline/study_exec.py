@@ -106,13 +106,17 @@ def threads_per_job(jobs: int) -> int:
 
 
 def run_local(tasks: list[SeedTask], jobs: int) -> Iterator[SeedOutcome]:
-    """Outcomes as they complete: in this process for one job, else a spawn process pool."""
+    """Outcomes as they complete: in this process for one job, else a spawn process pool.
+
+    At most ``jobs`` tasks are handed to the pool at a time, so that after Ctrl-C no queued
+    seed starts; running seeds get the interrupt (a terminal sends it to the whole process
+    group; it is passed on if they did not), end their step, checkpoint and end KILLED."""
     if jobs <= 1:
         for task in tasks:
             yield run_seed(task)
         return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     pool = ProcessPoolExecutor(
         max_workers=jobs,
@@ -120,12 +124,41 @@ def run_local(tasks: list[SeedTask], jobs: int) -> Iterator[SeedOutcome]:
         initializer=_init_worker,
         initargs=(tasks[0].threads if tasks else 1,),
     )
-    futures = {pool.submit(run_seed, t): t for t in tasks}
+    todo = iter(tasks)
+    in_flight: dict[Any, SeedTask] = {}
     try:
-        for fut in as_completed(futures):
-            yield _outcome(fut, futures[fut])
+        while True:
+            while len(in_flight) < jobs and (task := next(todo, None)) is not None:
+                in_flight[pool.submit(run_seed, task)] = task
+            if not in_flight:
+                return
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield _outcome(fut, in_flight.pop(fut))
+    except (KeyboardInterrupt, GeneratorExit):
+        _stop_workers(pool, in_flight)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_workers(pool: Any, in_flight: dict[Any, SeedTask], grace: float = 20.0) -> None:
+    """Let interrupted seeds end KILLED with their checkpoint; pass the interrupt on to
+    workers that did not get it, and terminate what still runs after that."""
+    import signal
+    from concurrent.futures import wait
+
+    _, running = wait(in_flight, timeout=grace)
+    procs = list(getattr(pool, "_processes", {}).values())
+    if running:
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
+        _, running = wait(running, timeout=3 * grace)
+    if running:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
 
 
 def _outcome(fut: Any, task: SeedTask) -> SeedOutcome:
