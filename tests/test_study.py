@@ -284,3 +284,55 @@ def test_seed_runs_that_never_started_are_missing_and_fail_the_sweep(workdir, mo
     c, kind = _tree(workdir)
     (study,) = kind["study"]
     assert study.info.status == "FAILED" and study.data.metrics["study/n_missing"] == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_study_and_running_it_again_finishes_it(workdir):
+    """Ctrl-C in a terminal reaches the whole process group: the seeds under way end KILLED
+    with a checkpoint, no queued seed starts, the study is KILLED; the same sweep again runs
+    what did not finish and ends FINISHED."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    path = write(workdir / "tiny.toml", TINY.replace("steps = 12", "steps = 4000"))
+    exe = str(Path(sys.executable).parent / "gan-pipe")
+    args = [exe, "sweep", str(path), "--seeds", "4", "--jobs", "2", "--name", "intr"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GAN_PIPE_FLUSH_SECONDS": "1"}
+    proc = subprocess.Popen(
+        args,
+        cwd=workdir,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:  # until both workers are training
+        time.sleep(2)
+        if (workdir / "mlflow.db").exists():
+            _, kind = _tree(workdir)
+            training = [s for s in kind["seed"] if "train/d_loss" in s.data.metrics]
+            if len(training) >= 2:
+                break
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    assert "Run the same sweep again" in out
+    c, kind = _tree(workdir)
+    assert kind["study"][0].info.status == "KILLED"
+    assert len(kind["seed"]) == 2  # the queued seeds never started
+    for s in kind["seed"]:
+        assert s.info.status == "KILLED"
+        assert [a.path for a in c.list_artifacts(s.info.run_id, "checkpoints")]
+
+    res = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "0 finished before, 4 to run" in res.stderr
+    c, kind = _tree(workdir)
+    assert kind["study"][0].info.status == "FINISHED"
+    assert sum(s.info.status == "FINISHED" for s in kind["seed"]) == 4
