@@ -130,7 +130,7 @@ class NullTracker:
     def log_image(self, image: Any, key: str, step: int) -> None:
         self.last_image = image  # kept: the tracking-calls replay logs this very frame
 
-    log_dict = log_text = log_artifact = log_model = end = _nothing
+    log_dict = log_text = log_artifact = log_model = end = claim = _nothing
 
     def deferred_artifacts(self):
         import contextlib
