@@ -76,6 +76,7 @@ def mlflow_server(tmp_path):
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its workers share the group: stopped together by _stop
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -101,15 +102,20 @@ def _stop(proc: subprocess.Popen) -> None:
     """The server and every process it started (uvicorn workers, job runners)."""
     import signal
 
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
-            proc.wait(wait)
-            return
         except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            return  # the whole group is gone
+        deadline = time.time() + 30
+        while time.time() < deadline:  # until no process of the group is left
+            proc.poll()  # reap the leader: a zombie would still count as the group
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                proc.wait(5)
+                return
+            time.sleep(0.5)
 
 
 def _browser(chromium: str, url: str, out: Path | None = None) -> str:
