@@ -116,17 +116,16 @@ class RunContext:
         """
         import torch
 
+        from .evaluation import eval_mode
+
         assert self.generator is not None and self.noise is not None
         cached = self.state.get("_samples")
         if cached is not None and cached[0] == self.step and n <= len(cached[1]):
             return cached[1][:n]
-        was_training = self.generator.training
-        self.generator.eval()
         out = []
-        with torch.no_grad():
+        with eval_mode(self.generator), torch.no_grad():
             for start in range(0, n, batch_size):
                 out.append(self.generator(self.noise(min(batch_size, n - start))).float())
-        self.generator.train(was_training)
         samples = torch.cat(out) if out else torch.empty(0, *self.dataset.shape)
         self.state["_samples"] = (self.step, samples)
         return samples
