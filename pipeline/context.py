@@ -27,6 +27,12 @@ class Dataset:
     held-out splits in the same scale, used by metrics (Parzen chooses sigma on ``val`` and
     scores ``test``). Synthetic datasets that know their distribution expose
     ``log_density`` (log p(x) for a batch) and ``sample`` (n, torch.Generator) -> tensor.
+
+    Mixtures with known components may give their mode centres ``modes`` (K, d) (in data
+    space, the sample shape flattened) and the per-axis standard deviation ``mode_std`` of each
+    mode: the ``modes`` metric reads them (ring8, grid25 and gaussian-1d set both). None where
+    the dataset has no such modes; the metric then falls back to ``info["modes"]`` /
+    ``info["mode_std"]``, the older way of giving them.
     """
 
     name: str
@@ -40,6 +46,8 @@ class Dataset:
     log_density: Callable[[torch.Tensor], torch.Tensor] | None = None
     sample: Callable[..., torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    modes: torch.Tensor | None = None
+    mode_std: float | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -81,6 +89,62 @@ class GanLoss(Protocol):
     def generator_loss(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
+class EvalTracker(Protocol):
+    """What a metric or report may log beside its values: a run's
+    :class:`~gan_pipe.tracking.Tracker`; in ``gan-pipe score`` and
+    :func:`gan_pipe.testing.metric_context` a :class:`~gan_pipe.testing.MemoryTracker` that
+    keeps everything in memory. Paths are artifact paths (``f"{ctx.eval_dir}/x.json"``)."""
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None: ...
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+
+    def log_image(self, image: Any, key: str, step: int) -> None: ...
+
+
+class EvalContext(Protocol):
+    """What a metric's ``compute(ctx)`` may use. A run's :class:`RunContext` is one; so are
+    the context of ``gan-pipe score`` and :func:`gan_pipe.testing.metric_context`.
+
+    * ``dataset``: the run's data. Never None for a metric (metrics run after the data
+      stage). In ``gan-pipe score`` its ``val``/``test`` are the ``--real`` rows, ``sample``
+      is None, and ``log_density``/``modes`` come from ``--dataset`` (None without it).
+    * ``generate(n)``: n generated samples in data space on ``device``, no grad; may return
+      fewer rows than asked for where there are no more (``gan-pipe score``: the fake file's
+      rows). Within one evaluation, calls for at most as many rows return the same samples.
+    * ``device``: where to compute (``torch.device``).
+    * ``step``: the training step being evaluated (0 in ``gan-pipe score``).
+    * ``eval_dir``: the artifact folder of this evaluation (``eval/step-0001500``).
+    * ``state``: a dict kept for the whole run (``gan-pipe score``: one call), for what does
+      not depend on the generator (``fid`` keeps its classifier there).
+    * ``tracker``: where to log files (:class:`EvalTracker`).
+    """
+
+    dataset: Dataset | None
+    device: torch.device
+    step: int
+    eval_dir: str
+    state: dict[str, Any]
+    tracker: EvalTracker
+
+    def generate(self, n: int) -> torch.Tensor: ...
+
+
+class ReportContext(EvalContext, Protocol):
+    """What a report's ``run(ctx)`` may use: :class:`EvalContext` plus the trained networks
+    and what the run logged. ``generator``, ``noise`` and ``discriminator`` are None before
+    the build stage (never for a report); ``discriminator`` is None where a report is tested
+    without one (:func:`gan_pipe.testing.metric_context`). ``history`` holds the training and
+    periodic-evaluation curves (``{"train/d_loss": [(step, value), ...]}``, empty without
+    training); ``results`` the final evaluation's values without the ``eval/`` prefix."""
+
+    generator: torch.nn.Module | None
+    discriminator: torch.nn.Module | None
+    noise: Callable[..., torch.Tensor] | None
+    history: dict[str, list[tuple[int, float]]]
+    results: dict[str, float]
+
+
 @dataclass
 class RunContext:
     """Everything one run knows; handed to every stage hook, metric and report."""
@@ -114,18 +178,7 @@ class RunContext:
         them, later calls for at most as many rows reuse them (Parzen and FID score the same
         10,000 samples instead of running the generator twice).
         """
-        import torch
-
-        from .evaluation import eval_mode
+        from .evaluation import generated
 
         assert self.generator is not None and self.noise is not None
-        cached = self.state.get("_samples")
-        if cached is not None and cached[0] == self.step and n <= len(cached[1]):
-            return cached[1][:n]
-        out = []
-        with eval_mode(self.generator), torch.no_grad():
-            for start in range(0, n, batch_size):
-                out.append(self.generator(self.noise(min(batch_size, n - start))).float())
-        samples = torch.cat(out) if out else torch.empty(0, *self.dataset.shape)
-        self.state["_samples"] = (self.step, samples)
-        return samples
+        return generated(self, n, batch_size)

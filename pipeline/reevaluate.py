@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RecipeError, UserError
-from .evaluation import evaluate
+from .evaluation import evaluate_and_log
 from .facade import Plugins
 from .liveness import ERROR_TAGS, liveness, refuse_if_alive, stale_message
 from .recipe import ResolvedRecipe, apply_override, parse_override, resolve
@@ -166,8 +166,7 @@ def reevaluate(
     where = f"eval/reevaluate-{stamp}"
     try:
         tracker.claim()
-        results = evaluate(ctx, where)
-        tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, ctx.step)
+        results = evaluate_and_log(ctx, where, final=True)
         tracker.log_dict(
             {"evaluate": resolved.to_dict()["evaluate"], "results": results, "step": ctx.step},
             f"{where}/settings.json",

@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__
 from .context import RunContext
 from .errors import UserError
-from .evaluation import evaluate
+from .evaluation import evaluate_and_log
 from .facade import Plugins
 from .recipe import ResolvedRecipe, flatten
 from .tracking import Tracker
@@ -294,9 +294,7 @@ def execute(
                 tracker.log_metrics(perf, ctx.step)
                 plugins.on_train_end(ctx)
             elif stage == "evaluate":
-                results = evaluate(ctx)
-                ctx.results.update(results)
-                tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, ctx.step)
+                evaluate_and_log(ctx, final=True)
                 tracker.flush()
             elif stage == "report":
                 plugins.report(ctx)

@@ -550,12 +550,9 @@ class Trainer:
         self.ctx.tracker.log_image(picture, key="samples", step=step)
 
     def _evaluate(self, step: int) -> None:
-        from gan_pipe.evaluation import evaluate
+        from gan_pipe.evaluation import evaluate_and_log
 
-        results = evaluate(self.ctx)  # own RNG: evaluating does not change training
-        self.ctx.tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, step)
-        for k, v in results.items():
-            self.ctx.history.setdefault(f"eval/{k}", []).append((step, v))
+        evaluate_and_log(self.ctx, final=False)  # own RNG: does not change training
 
     def _training_state(self) -> dict[str, Any]:
         """Everything a step changes (references: copy before keeping)."""

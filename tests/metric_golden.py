@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 GOLDEN = Path(__file__).parent / "data" / "metric_golden.json"
@@ -66,9 +65,9 @@ def _context(dataset: Any, fake: Any, tmp: Path) -> Any:
     """The context a metric sees in a run, from tensors (the first n fake rows)."""
     import torch
 
-    from gan_pipe.scoring import ScoreContext
+    from gan_pipe.testing import metric_context
 
-    return ScoreContext(dataset=dataset, fake=fake, device=torch.device("cpu"))
+    return metric_context(dataset, fake, device=torch.device("cpu"))
 
 
 def _dataset(name: str, **params: Any) -> Any:
@@ -91,6 +90,7 @@ def tensor_cases(tmp: Path) -> dict[str, dict[str, float]]:
     """Metric values on fixed generated rows (no training): every branch of every metric."""
     import torch
 
+    from gan_pipe.context import Dataset
     from gan_pipe.evaluation import isolated_rng
 
     g = torch.Generator().manual_seed(7)
@@ -101,11 +101,12 @@ def tensor_cases(tmp: Path) -> dict[str, dict[str, float]]:
     fake1[3, 0] = float("nan")
     fake2 = ring.sample(900, torch.Generator().manual_seed(11)) * 1.05 + 0.01
     fake3 = torch.randn(600, 3, generator=g)
-    d3 = SimpleNamespace(
-        name="three", train=torch.randn(400, 3, generator=g), val=None,
-        test=torch.randn(300, 3, generator=g), log_density=None, sample=None, info={},
-        value_range=(-4.0, 4.0), to_unit=lambda x: (x + 4.0) / 8.0, shape=(3,),
-    )  # fmt: skip
+    d3 = Dataset(
+        name="three",
+        train=torch.randn(400, 3, generator=g),
+        test=torch.randn(300, 3, generator=g),
+        value_range=(-4.0, 4.0),
+    )
     cases = [
         ("div_1d", g1, fake1, "divergences", {"n_samples": 800, "n_kde": 300}),
         ("div_2d", ring, fake2, "divergences", {"n_samples": 800, "n_kde": 300, "n_assign": 200}),

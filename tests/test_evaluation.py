@@ -84,7 +84,7 @@ def test_reevaluation_reproduces_and_a_failed_one_writes_nothing(workdir):
 
     # parzen succeeds (and would write its sigma search), then modes fails on digits
     res = runner.invoke(app, ["evaluate", run_id, "-m", "parzen", "-m", "modes"])
-    assert res.exit_code == 2 and "info['modes']" in res.output
+    assert res.exit_code == 2 and "Dataset.modes" in res.output
     after = {f.split("/")[1] for f in _files(client, run_id) if "reevaluate-" in f}
     assert after == reevals
     assert len(client.get_metric_history(run_id, "eval/parzen_ll")) == 2
@@ -201,7 +201,7 @@ def test_prefixed_metrics_keep_their_own_files_and_m_twice_runs_once(workdir):
     assert json.load(open(wide))["sigma"] == [0.5, 1.0]
 
     res = runner.invoke(app, ["evaluate", run_id, "-m", "modes", "-m", "parzen", "-m", "parzen"])
-    assert res.exit_code == 2 and "info['modes']" in res.output  # not a prefix complaint
+    assert res.exit_code == 2 and "Dataset.modes" in res.output  # not a prefix complaint
     res = runner.invoke(app, ["evaluate", run_id, "-m", "parzen", "-m", "parzen"])
     assert res.exit_code == 0, res.output
 
