@@ -241,6 +241,24 @@ def _one_d(real: Any, gen: Any) -> dict[str, float]:
     }
 
 
+def mode_centres(dataset: Any) -> tuple[Any, float]:
+    """``(centres (K, d), std)`` of a dataset's modes: ``Dataset.modes`` / ``mode_std``, else
+    ``info["modes"]`` / ``info["mode_std"]``; a UserError where it has neither."""
+    from gan_pipe.errors import UserError
+
+    info = getattr(dataset, "info", None) or {}
+    centres = getattr(dataset, "modes", None)
+    centres = centres if centres is not None else info.get("modes")
+    std = getattr(dataset, "mode_std", None)
+    std = std if std is not None else info.get("mode_std")
+    if centres is None or std is None:
+        raise UserError(
+            f"metric 'modes' needs a dataset with mode centres and their std (Dataset.modes "
+            f"and Dataset.mode_std: ring8, grid25, gaussian-1d); {dataset.name!r} has none"
+        )
+    return centres, float(std)
+
+
 class ModesParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -255,19 +273,12 @@ class ModesMetric:
         self.params = params or ModesParams()
 
     def compute(self, ctx: Any) -> dict[str, float]:
-        from gan_pipe.errors import UserError
-
-        info = ctx.dataset.info
-        if "modes" not in info or "mode_std" not in info:
-            raise UserError(
-                f"metric 'modes' needs a dataset with info['modes'] and info['mode_std'] "
-                f"(ring8, grid25, gaussian-1d); {ctx.dataset.name!r} has none"
-            )
         from gan_pipe.estimators.modes import mode_statistics
         from gan_pipe.estimators.rows import as_rows
 
+        centres, std = mode_centres(ctx.dataset)
         gen = as_rows(ctx.generate(self.params.n_samples))
-        out = mode_statistics(gen, info["modes"], info["mode_std"], self.params.n_std)
+        out = mode_statistics(gen, centres, std, self.params.n_std)
         out["modes_n_samples"] = float(len(gen))  # what the sampler returned, not the request
         out["modes_n_std"] = float(self.params.n_std)
         return out

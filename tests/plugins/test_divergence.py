@@ -222,8 +222,25 @@ def test_modes_plugin() -> None:
     centre = torch.tensor(ds.info["modes"][7], dtype=torch.float32)
     out = D.ModesMetric().compute(_ctx(ds, lambda n: centre.repeat(n, 1)))
     assert out["modes"] == 1 and out["modes_kl"] == pytest.approx(math.log(25))
-    with pytest.raises(UserError, match="info"):
+    with pytest.raises(UserError, match="Dataset.modes"):
         D.ModesMetric().compute(_ctx(Dataset(name="x", train=torch.zeros(3, 2)), None))
+
+
+def test_modes_reads_dataset_modes_and_falls_back_to_info() -> None:
+    """ring8 sets Dataset.modes / mode_std; a dataset giving only the fields, or only the
+    older info["modes"] / info["mode_std"], scores the same."""
+    ring = S.ring(S.RingParams(n_train=10, n_val=0, n_test=10))
+    assert ring.modes.shape == (8, 2) and ring.mode_std == 0.01
+    assert ring.modes.tolist() == ring.info["modes"]
+    x = ring.sample(900, torch.Generator().manual_seed(4)) * 1.02
+    want = D.ModesMetric().compute(_ctx(ring, lambda n: x[:n]))
+    fields = Dataset(name="f", train=x, modes=ring.modes, mode_std=0.01)
+    info = Dataset(name="i", train=x, info={"modes": ring.info["modes"], "mode_std": 0.01})
+    for ds in (fields, info):
+        assert D.ModesMetric().compute(_ctx(ds, lambda n: x[:n])) == want
+    # the field wins over info
+    moved = Dataset(name="m", train=x, modes=ring.modes + 10, mode_std=0.01, info=info.info)
+    assert D.ModesMetric().compute(_ctx(moved, lambda n: x[:n]))["modes"] == 0
 
 
 def test_modes_plugin_reports_the_samples_it_got() -> None:
