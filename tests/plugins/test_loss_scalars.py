@@ -63,3 +63,13 @@ def test_every_built_in_loss_is_checked():
     assert {c.name for c in _components("loss")} == {
         "minimax", "non-saturating", "hinge", "least-squares", "wgan", "wgan-gp"
     }  # fmt: skip
+
+
+def test_gradient_penalty_in_eval_mode_gives_every_submodule_its_mode_back():
+    critic = Critic().train()
+    critic.out.eval()  # frozen on purpose: must stay so
+    seen = []
+    critic.body.register_forward_hook(lambda m, i, o: seen.append(m.training))
+    wasserstein.gradient_penalty(critic, torch.randn(4, 3), torch.randn(4, 3), eval_mode=True)
+    assert seen == [False]  # the penalty's pass ran in eval mode
+    assert critic.training and critic.body.training and not critic.out.training
