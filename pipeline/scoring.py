@@ -1,8 +1,9 @@
 """Scoring sample files with any registered metric (``gan-pipe score``).
 
-Metrics see the same interface they see in a run: ``ctx.dataset`` (here built from the real
-samples), ``ctx.generate(n)`` (here the first n rows of the fake samples), ``ctx.device`` and
-``ctx.tracker`` (here one that keeps what metrics log, so nothing touches MLflow).
+Metrics see the same interface they see in a run (:class:`gan_pipe.context.EvalContext`):
+``ctx.dataset`` (here built from the real samples), ``ctx.generate(n)`` (here the first n rows
+of the fake samples), ``ctx.device`` and ``ctx.tracker`` (here a :class:`MemoryTracker`, so
+nothing touches MLflow).
 """
 
 from __future__ import annotations
@@ -17,45 +18,19 @@ from pydantic import ValidationError
 
 from .context import Dataset
 from .errors import RecipeError, UserError, did_you_mean
-from .evaluation import add_values, isolated_rng
+from .evaluation import MemoryTracker as MemoryTracker  # noqa: F401  (re-exported)
+from .evaluation import SampleContext, add_values, isolated_rng
 from .recipe import format_validation_errors, parse_override
 from .registry import Registry
 
 
-class MemoryTracker:
-    """Collects what metrics would log; used where there is no MLflow run."""
-
-    def __init__(self) -> None:
-        self.dicts: dict[str, Any] = {}
-        self.metrics: dict[str, float] = {}
-
-    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
-        self.dicts[artifact_file] = data
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.metrics.update(metrics)
-
-    def __getattr__(self, name: str) -> Any:  # figures, images, artifacts: dropped
-        if name.startswith("log_") or name in ("set_tags", "flush"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
-
-
 @dataclass
-class ScoreContext:
-    """The slice of :class:`gan_pipe.context.RunContext` that metrics use."""
+class ScoreContext(SampleContext):
+    """The context metrics see in ``gan-pipe score``: the fake file's rows; a request for more
+    rows than it has gets a note (``notes``) naming the ``--param`` to change."""
 
-    dataset: Dataset
-    fake: Any
-    device: Any
-    tracker: MemoryTracker = field(default_factory=MemoryTracker)
-    step: int = 0
     notes: list[str] = field(default_factory=list)
     metric: str = ""
-    #: where metrics would put files (kept in memory here; see RunContext.eval_dir)
-    eval_dir: str = "eval"
-    #: what metrics keep between calls (see RunContext.state)
-    state: dict[str, Any] = field(default_factory=dict)
 
     def generate(self, n: int, batch_size: int = 0) -> Any:
         if n > len(self.fake):
@@ -65,14 +40,17 @@ class ScoreContext:
             )
             if note not in self.notes:
                 self.notes.append(note)
-        return self.fake[:n].to(self.device)
+        return super().generate(n)
 
 
 #: What metrics need from a dataset that sample files cannot carry: a check, what it is, and
 #: the built-in datasets that have it (for the hint to pass --dataset).
 _NEEDS: dict[str, tuple[Callable[[Dataset], bool], str, str]] = {
     "modes": (
-        lambda ds: "modes" in ds.info and "mode_std" in ds.info,
+        lambda ds: (
+            (ds.modes is not None and ds.mode_std is not None)
+            or ("modes" in ds.info and "mode_std" in ds.info)
+        ),
         "the mode centres of a known mixture",
         "ring8|grid25|gaussian-1d",
     ),
@@ -354,28 +332,12 @@ def _range_notes(ds: ScoreDataset, files: dict[str, Any], users: list[str], wher
     return notes
 
 
-def score(
-    registry: Registry,
-    real_path: Path,
-    fake_path: Path,
-    metrics: list[str],
-    params: list[str] | None = None,
-    value_range: tuple[float, float] | None = None,
-    dataset: str | None = None,
-    device: str = "cpu",
-) -> tuple[dict[str, float], list[str]]:
-    """Compute metrics on two sample files; returns (values, notes).
-
-    ``value_range`` defaults to (0, 1); with ``dataset`` it is the dataset's, and a different
-    one is an error (its modes, density and labelled images are in that scale). With
-    ``dataset`` the rows must have its sample shape (flat rows of an image dataset's size are
-    reshaped); it adds what it knows, while the real rows are always ``real_path``'s.
-    """
-    import torch
-
-    metrics = list(dict.fromkeys(metrics))  # -m parzen -m parzen runs it once
+def _validated(
+    registry: Registry, metrics: list[str], params: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metrics' components and their ``--param`` values validated."""
     comps = {name: registry.get("metric", name) for name in metrics}
-    per_metric = _parse_params(params or [], metrics, registry.names("metric"))
+    per_metric = _parse_params(params, metrics, registry.names("metric"))
     validated = {}
     for name, comp in comps.items():
         try:
@@ -383,12 +345,18 @@ def score(
         except ValidationError as e:
             lines = format_validation_errors(e, comp.params, prefix=name)
             raise UserError("bad --param: " + "; ".join(lines)) from None
+    return comps, validated
 
-    notes: list[str] = []
-    base = None
-    if dataset is not None:
-        comp = registry.get("dataset", dataset)
-        base = comp.factory(comp.params.model_validate({}))
+
+def _load_files(
+    real_path: Path,
+    fake_path: Path,
+    base: Dataset | None,
+    dataset: str | None,
+    value_range: tuple[float, float] | None,
+    notes: list[str],
+) -> tuple[Any, Any]:
+    """Both sample files, in ``base``'s sample shape where a dataset is given."""
     real = load_samples(real_path, "real")
     fake = load_samples(fake_path, "fake")
     if base is not None:
@@ -412,13 +380,10 @@ def score(
                 else ""
             )
         )
-    ds = _score_dataset(real, real_path.stem, base, value_range or (0.0, 1.0))
-    lo, hi = ds.value_range
-    where = (
-        f"--range {lo:g},{hi:g}" if base is None else f"the value range {lo:g},{hi:g} of {dataset}"
-    )
-    _check_magnitude(real, ds, "real", real_path, where)
-    _check_magnitude(fake, ds, "fake", fake_path, where)
+    return real, fake
+
+
+def _check_needs(ds: Dataset, metrics: list[str], dataset: str | None) -> None:
     for name in metrics:
         need = _NEEDS.get(name)
         if need is not None and not need[0](ds):
@@ -432,31 +397,77 @@ def score(
                 f"with --dataset {need[2]}"
             )
 
+
+def _compute(
+    ctx: ScoreContext, comps: dict[str, Any], validated: dict[str, Any], scale: str
+) -> tuple[dict[str, float], list[str]]:
+    """Each metric under its own RNG seeded with 0; returns (values, metrics that mapped the
+    samples to [0, 1]). Notes (a sigma at the grid's edge) go to ``ctx.notes``."""
+    values: dict[str, float] = {}
+    owners: dict[str, str] = {}
+    range_users: list[str] = []
+    ds = ctx.dataset
+    for name, comp in comps.items():
+        p = validated[name]
+        ctx.metric, ds.mapped = name, False
+        with isolated_rng(0, ctx.device):  # a metric's own randomness: the same every call
+            result = dict(comp.factory(p).compute(ctx))
+        add_values(values, owners, result, f"-m {name}", "score them in separate calls")
+        if ds.mapped:
+            range_users.append(name)
+        if result.get("parzen_sigma_at_edge", 0) != 0:
+            grid = p.sigmas
+            ctx.notes.append(
+                f"{name}: the chosen sigma {result['parzen_sigma']:.3g} is at the edge of "
+                f"the grid [{min(grid):.3g}, {max(grid):.3g}]; the best sigma may lie "
+                f"outside it (check {scale}, or --param {name}.sigmas=[...])"
+            )
+    return values, range_users
+
+
+def score(
+    registry: Registry,
+    real_path: Path,
+    fake_path: Path,
+    metrics: list[str],
+    params: list[str] | None = None,
+    value_range: tuple[float, float] | None = None,
+    dataset: str | None = None,
+    device: str = "cpu",
+) -> tuple[dict[str, float], list[str]]:
+    """Compute metrics on two sample files; returns (values, notes).
+
+    ``value_range`` defaults to (0, 1); with ``dataset`` it is the dataset's, and a different
+    one is an error (its modes, density and labelled images are in that scale). With
+    ``dataset`` the rows must have its sample shape (flat rows of an image dataset's size are
+    reshaped); it adds what it knows, while the real rows are always ``real_path``'s.
+    """
+    import torch
+
+    metrics = list(dict.fromkeys(metrics))  # -m parzen -m parzen runs it once
+    comps, validated = _validated(registry, metrics, params or [])
+    notes: list[str] = []
+    base = None
+    if dataset is not None:
+        comp = registry.get("dataset", dataset)
+        base = comp.factory(comp.params.model_validate({}))
+    real, fake = _load_files(real_path, fake_path, base, dataset, value_range, notes)
+    ds = _score_dataset(real, real_path.stem, base, value_range or (0.0, 1.0))
+    lo, hi = ds.value_range
+    where = (
+        f"--range {lo:g},{hi:g}" if base is None else f"the value range {lo:g},{hi:g} of {dataset}"
+    )
+    _check_magnitude(real, ds, "real", real_path, where)
+    _check_magnitude(fake, ds, "fake", fake_path, where)
+    _check_needs(ds, metrics, dataset)
     kde = "divergences" in metrics and getattr(validated["divergences"], "kde", False)
     if kde and base is not None and base.log_density is not None and base.sample is not None:
         note = _density_note(base, real, dataset)
         if note:
             notes.append(note)
     ctx = ScoreContext(dataset=ds, fake=fake, device=torch.device(device), notes=notes)
-    values: dict[str, float] = {}
-    owners: dict[str, str] = {}
-    range_users: list[str] = []
     scale = "--range" if base is None else "the samples' scale"
-    for name in metrics:
-        p = validated[name]
-        ctx.metric, ds.mapped = name, False
-        with isolated_rng(0, ctx.device):  # a metric's own randomness: the same every call
-            result = dict(comps[name].factory(p).compute(ctx))
-        add_values(values, owners, result, f"-m {name}", "score them in separate calls")
-        if ds.mapped:
-            range_users.append(name)
-        if result.get("parzen_sigma_at_edge", 0) != 0:
-            grid = p.sigmas
-            notes.append(
-                f"{name}: the chosen sigma {result['parzen_sigma']:.3g} is at the edge of "
-                f"the grid [{min(grid):.3g}, {max(grid):.3g}]; the best sigma may lie "
-                f"outside it (check {scale}, or --param {name}.sigmas=[...])"
-            )
+    values, range_users = _compute(ctx, comps, validated, scale)
     if range_users and (base is None or ds.is_image):
         notes += _range_notes(ds, {"real": real, "fake": fake}, range_users, where)
     return values, notes
