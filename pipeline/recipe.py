@@ -253,6 +253,13 @@ class Train(_Strict):
         "finite with the learning rates times rollback_lr_factor, at most max_rollbacks times, "
         "then stop; ignore = train on",
     )
+    max_abs_value: float = Field(
+        1e6,
+        ge=0,
+        description="a training scalar (a loss, a critic mean, ...) or a weight of G or D "
+        "whose magnitude exceeds this counts as diverged, like NaN (train.on_nonfinite "
+        "applies); 0 turns this check off and keeps only the NaN/inf check",
+    )
     rollback_lr_factor: float = Field(
         0.5,
         gt=0,

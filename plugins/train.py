@@ -109,12 +109,23 @@ class TrainingDiverged(UserError):
     used up: the run is marked FAILED and no checkpoint of the diverged state is saved."""
 
 
-def _first_nonfinite(metrics: dict[str, float], weights_ok: float) -> str | None:
-    """'train/d_loss = nan' for the first non-finite value, or None when all are finite."""
+def _first_nonfinite(
+    metrics: dict[str, float], largest_weight: float, limit: float = 0.0
+) -> str | None:
+    """'train/d_loss = nan' for the first non-finite value (or, with ``limit`` > 0, the first
+    whose magnitude exceeds it), or None when all are fine. ``largest_weight`` is the largest
+    magnitude of any weight of G or D (NaN if one is NaN)."""
+    too_large = f" (beyond train.max_abs_value = {limit:g})"
     for k, v in metrics.items():
         if not math.isfinite(v):
             return f"{k} = {v}"
-    return None if weights_ok == 1.0 else "a weight of G or D is NaN or infinite"
+        if limit and abs(v) > limit:
+            return f"{k} = {v:.4g}{too_large}"
+    if not math.isfinite(largest_weight):
+        return "a weight of G or D is NaN or infinite"
+    if limit and largest_weight > limit:
+        return f"a weight of G or D reached {largest_weight:.4g}{too_large}"
+    return None
 
 
 def _values(key: str, loss: torch.Tensor, extras: dict[str, torch.Tensor]):
@@ -298,13 +309,13 @@ class Trainer:
         parts = [self._acc[k] / counts[k] for k in keys]
         check = self.cfg.on_nonfinite != "ignore"
         if check:  # in the same sync as the losses
-            parts.append(self._weights_finite())
+            parts.append(self._largest_weight())
         values = torch.stack(parts).tolist()
-        weights_ok = values.pop() if check else 1.0
+        largest = values.pop() if check else 0.0
         self._acc.clear()
         self._acc_counts = {}
         metrics = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
-        self._bad = _first_nonfinite(metrics, weights_ok) if check else None
+        self._bad = _first_nonfinite(metrics, largest, self.cfg.max_abs_value) if check else None
         if self.cfg.lr_schedule != "constant":
             metrics["train/lr_g"] = self.sched_g.get_last_lr()[0]
             metrics["train/lr_d"] = self.sched_d.get_last_lr()[0]
@@ -314,10 +325,11 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------ divergence
-    def _weights_finite(self) -> torch.Tensor:
-        """1.0 (on the device, no sync) if every weight and buffer of G and D is finite."""
-        flags = torch.stack([torch.isfinite(t).all() for t in self._watched])
-        return flags.all().float()
+    def _largest_weight(self) -> torch.Tensor:
+        """The largest magnitude of any weight or buffer of G and D (on the device, no sync);
+        NaN if one is NaN."""
+        tops = torch.stack([t.detach().abs().amax().float() for t in self._watched if t.numel()])
+        return tops.amax()  # amax propagates NaN
 
     def _nonfinite_now(self) -> str | None:
         """The divergence check of a logging step, for a checkpoint between logging steps
@@ -325,9 +337,10 @@ class Trainer:
         if self.cfg.on_nonfinite == "ignore":
             return None
         keys = list(self._acc)
-        values = torch.stack([*(self._acc[k] for k in keys), self._weights_finite()]).tolist()
-        ok = values.pop()
-        return _first_nonfinite({f"train/{k}": v for k, v in zip(keys, values, strict=True)}, ok)
+        values = torch.stack([*(self._acc[k] for k in keys), self._largest_weight()]).tolist()
+        largest = values.pop()
+        metrics = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
+        return _first_nonfinite(metrics, largest, self.cfg.max_abs_value)
 
     def _keep_good(self, step: int) -> None:
         """Remember a state found finite, for on_nonfinite = 'rollback' (copies on the device,
