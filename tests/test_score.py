@@ -527,7 +527,7 @@ def test_precision_follows_the_file_and_overflow_is_refused(tmp_path):
     instead of a NaN Gaussian KL printed as 0."""
     import torch
 
-    from gan_pipe.scoring import load_samples
+    from gan_pipe.sample_files import load_samples
 
     x = np.random.default_rng(0).normal(size=(50, 2))
     for dtype, expected in (
@@ -563,7 +563,7 @@ def test_channels_last_images_are_not_scrambled(tmp_path):
 
     import torch
 
-    from gan_pipe.scoring import _conform
+    from gan_pipe.sample_files import _conform
 
     ds = types.SimpleNamespace(shape=(3, 4, 4), name="rgb")
     notes: list[str] = []
