@@ -3,7 +3,6 @@ distance between two (mean, covariance) pairs (FID's formula). float64 throughou
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -86,20 +85,47 @@ def feature_stats(f: Any) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
 
 
-def _sqrtm(a: np.ndarray) -> np.ndarray:
+def _nonnegative(w: np.ndarray, what: str) -> np.ndarray:
+    """Eigenvalues ``w`` with rounding-size negatives set to 0; a clearly negative one (below
+    -1e-6 of the largest) means the input was not a covariance: ValueError."""
+    top = float(np.abs(w).max(initial=0.0))
+    if w.size and float(w.min()) < -1e-6 * max(top, 1e-300):
+        raise ValueError(
+            f"frechet_distance: {what} has a negative eigenvalue ({float(w.min()):.3g}): "
+            "not a covariance matrix"
+        )
+    return np.clip(w, 0.0, None)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        with np.errstate(all="ignore"):
-            return linalg.sqrtm(a)
+
+def _symmetric(s: np.ndarray, which: str) -> np.ndarray:
+    scale = max(float(np.abs(s).max(initial=0.0)), 1e-300)
+    if np.abs(s - s.T).max(initial=0.0) > 1e-6 * scale:
+        raise ValueError(f"frechet_distance: {which} is not symmetric: not a covariance matrix")
+    return 0.5 * (s + s.T)
 
 
-def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6) -> float:
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr((sigma1 sigma2)^(1/2)) for two covariances.
+
+    sigma1 sigma2 is similar to R sigma2 R with R = sigma1^(1/2) (symmetric), whose
+    eigenvalues are real and >= 0: the trace is the sum of their square roots. Two symmetric
+    eigendecompositions instead of ``scipy.linalg.sqrtm`` of a non-symmetric product: about 6x
+    faster at d = 2048 (``bench/metrics.py``), equal to rounding (3e-13 relative there), and
+    finite for singular covariances without pytorch-fid's ``eps`` retry.
+    """
+    w, v = linalg.eigh(_symmetric(sigma1, "sigma1"))
+    root = (v * np.sqrt(_nonnegative(w, "sigma1"))) @ v.T
+    inner = linalg.eigvalsh(root @ _symmetric(sigma2, "sigma2") @ root)
+    return float(np.sqrt(_nonnegative(inner, "sigma2")).sum())
+
+
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64).
 
     ``d^2 = ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2))``.
-    As in pytorch-fid: when the product is singular (``sqrtm`` not finite) ``eps`` is added
-    to both diagonals; tiny imaginary parts from rounding are dropped (a large one raises).
+    The trace term comes from symmetric eigendecompositions (:func:`_trace_sqrt_product`);
+    pytorch-fid's ``sqrtm`` gives the same value to rounding. A matrix that is not symmetric
+    or has a clearly negative eigenvalue is not a covariance: ValueError.
     Scalars and 1-D arrays are taken as 1-D Gaussians (variance) and diagonal-free 1x1.
     """
     mu1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))
@@ -115,13 +141,5 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 
             f"means of length {d}"
         )
     diff = mu1 - mu2
-    covmean = _sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(d) * eps
-        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        imag = np.abs(np.diagonal(covmean).imag).max(initial=0.0)
-        if imag > 1e-3 * max(1.0, np.abs(np.diagonal(covmean).real).max(initial=0.0)):
-            raise ValueError(f"frechet_distance: sqrtm has an imaginary component {imag:.3g}")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    covmean_trace = _trace_sqrt_product(sigma1, sigma2)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * covmean_trace)

@@ -169,3 +169,15 @@ def test_kid_is_seeded():
     x, y = rng.standard_normal((100, 4)), rng.standard_normal((100, 4))
     assert kid(x, y, 5, 30, seed=1) == kid(x, y, 5, 30, seed=1)
     assert kid(x, y, 5, 30, seed=1) != kid(x, y, 5, 30, seed=2)
+
+
+def test_matrices_that_are_not_covariances_are_refused():
+    rng = np.random.default_rng(6)
+    s = random_cov(rng, 5)
+    skew = s.copy()
+    skew[0, 1] += 1.0
+    with pytest.raises(ValueError, match="sigma1 is not symmetric"):
+        frechet_distance(np.zeros(5), skew, np.zeros(5), s)
+    negative = s - 10 * np.abs(s).max() * np.eye(5)
+    with pytest.raises(ValueError, match="sigma2 has a negative eigenvalue"):
+        frechet_distance(np.zeros(5), s, np.zeros(5), negative)
