@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from .dataloading import Rows
     from .facade import Plugins
     from .recipe import Recipe
     from .registry import Component
@@ -27,10 +28,15 @@ class Dataset:
     held-out splits in the same scale, used by metrics (Parzen chooses sigma on ``val`` and
     scores ``test``). Synthetic datasets that know their distribution expose
     ``log_density`` (log p(x) for a batch) and ``sample`` (n, torch.Generator) -> tensor.
+
+    ``train`` may instead be a :class:`~gan_pipe.dataloading.Rows` (rows loaded on demand,
+    indexed like a tensor), and ``fits_device`` declares whether the training split may sit
+    on the device whole: False streams it (``data.stream = "auto"``), True keeps it there,
+    None lets the trainer decide by its size (docs/performance.md).
     """
 
     name: str
-    train: torch.Tensor
+    train: torch.Tensor | Rows
     val: torch.Tensor | None = None
     test: torch.Tensor | None = None
     train_labels: torch.Tensor | None = None
@@ -40,6 +46,7 @@ class Dataset:
     log_density: Callable[[torch.Tensor], torch.Tensor] | None = None
     sample: Callable[..., torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    fits_device: bool | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
