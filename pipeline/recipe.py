@@ -244,6 +244,11 @@ class Train(_Strict):
     amp: Literal["auto", "off", "bf16"] = Field(
         "auto", description="mixed precision: auto = bf16 on CUDA, off on CPU"
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the generator and the discriminator (mode 'default'); the "
+        "seconds spent compiling are logged apart as perf/compile_seconds",
+    )
     log_every: int = Field(10, gt=0, description="log losses every N generator steps")
     sample_every: int = Field(
         0, ge=0, description="log a sample grid every N steps (0: 10 per run)"

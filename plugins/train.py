@@ -28,6 +28,7 @@ import torch
 from gan_pipe.context import LossInputs
 from gan_pipe.dataloading import StreamSampler, batches_per_epoch
 from gan_pipe.errors import UserError
+from gan_pipe.plugins.train_compile import compile_nets
 
 if TYPE_CHECKING:
     from gan_pipe.context import RunContext
@@ -158,6 +159,7 @@ class Trainer:
             ctx.noise,
         )
         self.device = ctx.device
+        self._compile = compile_nets(self.G, self.D) if self.cfg.compile else None
         self.data, self.sampler, streamed = place_data(ctx)
         self.opt_g = make_optimizer(self.G.parameters(), self.cfg.optimizer_for("generator"))
         self.opt_d = make_optimizer(self.D.parameters(), self.cfg.optimizer_for("discriminator"))
@@ -326,6 +328,8 @@ class Trainer:
         self._acc_counts = {}
         metrics = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
         self._bad = _first_nonfinite(metrics, weights_ok) if check else None
+        if self._compile is not None:
+            metrics["perf/compile_seconds"] = self._compile.seconds
         if self.cfg.lr_schedule != "constant":
             metrics["train/lr_g"] = self.sched_g.get_last_lr()[0]
             metrics["train/lr_d"] = self.sched_d.get_last_lr()[0]
