@@ -704,7 +704,9 @@ def json_schema(registry: Registry) -> dict[str, Any]:
 
     props = schema["properties"]
     props["data"] = slot("dataset")
-    loading = {k: v for k, v in defs["DataRef"]["properties"].items() if k not in ("name", "params")}
+    loading = {
+        k: v for k, v in defs["DataRef"]["properties"].items() if k not in ("name", "params")
+    }
     for option in props["data"].get("oneOf", []):
         option["properties"].update(loading)
     props["loss"] = slot("loss")

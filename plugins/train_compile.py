@@ -1,14 +1,15 @@
 """``train.compile = true``: torch.compile of the generator and the discriminator.
 
-Both nets are compiled in place (as ``nn.Module.compile`` does, mode "default"), so their state_dict
-keys, checkpoints and every caller of ``ctx.generator`` are unchanged. A pass whose input is a
-leaf tensor that requires grad (a gradient penalty's interpolates) runs eager: compiled graphs
-do not support the double backward such a penalty takes. Donated buffers are turned off
-(``torch._functorch.config.donated_buffer``) so ``retain_graph`` (simultaneous updates) works. torch.compile is lazy:
-graphs are built at the first calls (train mode, then eval mode for sample grids and metrics,
-each again when a guard fails). The seconds spent compiling are counted apart from training
-by TorchDynamo's compile start/end callbacks and logged as ``perf/compile_seconds`` (the total
-so far) at every logging step, so steady-state step times can be read without them.
+Both nets are compiled in place (as ``nn.Module.compile`` does, mode "default"), so their
+state_dict keys, checkpoints and every caller of ``ctx.generator`` are unchanged. A pass whose
+input is a leaf tensor that requires grad (a gradient penalty's interpolates) runs eager:
+compiled graphs do not support the double backward such a penalty takes. Donated buffers are
+turned off (``torch._functorch.config.donated_buffer``) so ``retain_graph`` (simultaneous
+updates) works. torch.compile is lazy: graphs are built at the first calls (train mode, then
+eval mode for sample grids and metrics, each again when a guard fails). The seconds spent
+compiling are counted apart from training by TorchDynamo's compile start/end callbacks and
+logged as ``perf/compile_seconds`` (the total so far) at every logging step, so steady-state
+step times can be read without them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import types
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from gan_pipe.recipe import Recipe
 from gan_pipe.scoring import MemoryTracker
 
 from .conftest import write
-from .test_resume_exact import RECIPE, _final_checkpoint, _run_id, assert_same_state
+from .test_resume_exact import RECIPE, _client, _final_checkpoint, _run_id, assert_same_state
 
 runner = CliRunner()
 
@@ -129,7 +128,13 @@ def _trainer(train, stream, steps=14, resume=None, **extra):
             "model": {"generator": {"name": "g"}, "discriminator": {"name": "d"}},
             "loss": {"name": "l"},
             "noise": {"dim": 3},
-            "train": {"batch_size": 8, "steps": steps, "n_critic": 2, "progress": False, "sample_every": 7}
+            "train": {
+                "batch_size": 8,
+                "steps": steps,
+                "n_critic": 2,
+                "progress": False,
+                "sample_every": 7,
+            }
             | extra,
         }
     )
@@ -141,7 +146,9 @@ def _trainer(train, stream, steps=14, resume=None, **extra):
     from gan_pipe.plugins.losses.bce import NonSaturatingLoss
 
     ctx.dataset = Dataset("x", train=train)
-    ctx.generator = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    ctx.generator = torch.nn.Sequential(
+        torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+    )
     ctx.discriminator = torch.nn.Sequential(
         torch.nn.Linear(3, 8), torch.nn.Dropout(0.2), torch.nn.Tanh(), torch.nn.Linear(8, 1)
     )
@@ -227,7 +234,10 @@ def test_cli_streamed_run_matches_the_resident_run(workdir):
             app, ["run", str(recipe), "--set", f"data.stream={stream}", "--set", "data.workers=1"]
         )
         assert res.exit_code == 0, res.output
-        runs[stream] = _final_checkpoint(_run_id(res.output))
+        run_id = _run_id(res.output)
+        params = _client().get_run(run_id).data.params
+        assert params["data.streamed"] == stream.capitalize()  # the choice is recorded
+        runs[stream] = _final_checkpoint(run_id)
     assert_same_state(runs["false"], runs["true"])
 
 
@@ -414,8 +424,10 @@ def test_a_large_image_folder_streams_in_bounded_memory(workdir):
     }
     m = _measured_runs(workdir, runs)
     grow = {k: m[k]["peak"] - m[k]["before"] for k in runs}
-    print(f"decoded {decoded / 2**20:.0f} MiB; peak growth (MiB) "
-          f"{ {k: round(v / 2**20) for k, v in grow.items()} }; {m}")
+    print(
+        f"decoded {decoded / 2**20:.0f} MiB; peak growth (MiB) "
+        f"{ {k: round(v / 2**20) for k, v in grow.items()} }; {m}"
+    )
     assert grow["whole"] > decoded
     assert grow["streamed"] < decoded / 4
     # and it does not grow with the folder: 20 times the files, less than a tenth more

@@ -375,7 +375,9 @@ def _decoded(root: Path, files: list[Path], params: ImageFolderParams):
         cached = _load_cached(stem, shape)
         if cached is not None:
             return (*cached, "hit")
-    images, skipped = decode_all(root, files, params.image_size, params.channels, params.skip_corrupt)
+    images, skipped = decode_all(
+        root, files, params.image_size, params.channels, params.skip_corrupt
+    )
     if stem is None:
         return images, skipped, "off"
     return images, skipped, "written" if _save_cached(stem, images, skipped, root) else "failed"
