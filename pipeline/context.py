@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from .dataloading import Rows
     from .facade import Plugins
     from .recipe import Recipe
     from .registry import Component
@@ -33,10 +34,15 @@ class Dataset:
     mode: the ``modes`` metric reads them (ring8, grid25 and gaussian-1d set both). None where
     the dataset has no such modes; the metric then falls back to ``info["modes"]`` /
     ``info["mode_std"]``, the older way of giving them.
+
+    ``train`` may instead be a :class:`~gan_pipe.dataloading.Rows` (rows loaded on demand,
+    indexed like a tensor), and ``fits_device`` declares whether the training split may sit
+    on the device whole: False streams it (``data.stream = "auto"``), True keeps it there,
+    None lets the trainer decide by its size (docs/performance.md).
     """
 
     name: str
-    train: torch.Tensor
+    train: torch.Tensor | Rows
     val: torch.Tensor | None = None
     test: torch.Tensor | None = None
     train_labels: torch.Tensor | None = None
@@ -48,6 +54,7 @@ class Dataset:
     info: dict[str, Any] = field(default_factory=dict)
     modes: torch.Tensor | None = None
     mode_std: float | None = None
+    fits_device: bool | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -126,6 +126,25 @@ class ComponentRef(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class DataRef(ComponentRef):
+    """The dataset, and how its training rows reach the device (docs/performance.md)."""
+
+    stream: Literal["auto"] | bool = Field(
+        "auto",
+        description="false: the training split sits on the device as one tensor (the fast "
+        "path); true: batches stream from host memory or disk through a DataLoader with "
+        "workers (same batches, same order); auto: stream when the dataset declares it does "
+        "not fit, loads rows on demand (image-folder with lazy decoding), or takes more than "
+        "half of the GPU's free memory",
+    )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="loader processes when streaming (0: load in the training process; "
+        "default: one per CPU core but one, at most 8)",
+    )
+
+
 class Experiment(_Strict):
     name: Name = Field(description=f"MLflow experiment name; runs are named after it ({NAME_RULE})")
     seed: int = Field(0, description="seed of torch, numpy and Python's random")
@@ -224,6 +243,11 @@ class Train(_Strict):
     discriminator: OptimizerOverride = Field(default_factory=OptimizerOverride)
     amp: Literal["auto", "off", "bf16"] = Field(
         "auto", description="mixed precision: auto = bf16 on CUDA, off on CPU"
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the generator and the discriminator (mode 'default'); the "
+        "seconds spent compiling are logged apart as perf/compile_seconds",
     )
     log_every: int = Field(10, gt=0, description="log losses every N generator steps")
     sample_every: int = Field(
@@ -355,7 +379,7 @@ class Recipe(_Strict):
     """A whole experiment."""
 
     experiment: Experiment
-    data: ComponentRef
+    data: DataRef
     model: Model
     loss: ComponentRef
     regularizers: list[ComponentRef] = Field(
@@ -687,6 +711,11 @@ def json_schema(registry: Registry) -> dict[str, Any]:
 
     props = schema["properties"]
     props["data"] = slot("dataset")
+    loading = {
+        k: v for k, v in defs["DataRef"]["properties"].items() if k not in ("name", "params")
+    }
+    for option in props["data"].get("oneOf", []):
+        option["properties"].update(loading)
     props["loss"] = slot("loss")
     props["regularizers"]["items"] = slot("regularizer")
     props["report"]["items"] = slot("report")

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gan_pipe.context import LossInputs
+from gan_pipe.dataloading import StreamSampler, batches_per_epoch
 from gan_pipe.errors import UserError
+from gan_pipe.plugins.train_compile import compile_nets
 
 if TYPE_CHECKING:
     from gan_pipe.context import RunContext
@@ -73,13 +75,8 @@ class BatchSampler:
     ``replacement``, batches of rows drawn uniformly with replacement."""
 
     def __init__(self, data: torch.Tensor, batch_size: int, replacement: bool = False):
-        if len(data) < batch_size:
-            raise ValueError(
-                f"train.batch_size = {batch_size} is larger than the training set "
-                f"({len(data)} rows)"
-            )
         self.data, self.batch_size, self.replacement = data, batch_size, replacement
-        self.per_epoch = len(data) // batch_size
+        self.per_epoch = batches_per_epoch(len(data), batch_size)
         self._perm = torch.empty(0, dtype=torch.long, device=data.device)
         self._i = self.per_epoch
 
@@ -93,6 +90,33 @@ class BatchSampler:
         idx = self._perm[self._i * self.batch_size : (self._i + 1) * self.batch_size]
         self._i += 1
         return self.data.index_select(0, idx)
+
+
+def place_data(ctx: RunContext) -> tuple[Any, BatchSampler | StreamSampler, bool]:
+    """The training rows and the batch sampler over them, and whether they stream: on the
+    device whole (BatchSampler), or streamed from host memory or disk by a DataLoader
+    (StreamSampler), as ``data.stream`` and :func:`~gan_pipe.dataloading.should_stream` decide.
+    Both give the same batches in the same order."""
+    from gan_pipe.dataloading import Rows, TensorRows, default_workers, should_stream
+
+    assert ctx.dataset is not None
+    cfg, data_cfg, train = ctx.recipe.train, ctx.recipe.data, ctx.dataset.train
+    stream, why = should_stream(ctx.dataset, getattr(data_cfg, "stream", "auto"), ctx.device)
+    workers = getattr(data_cfg, "workers", None)
+    workers = default_workers() if workers is None else workers
+    if stream and cfg.sampling == "replacement":
+        raise UserError(
+            f"train.sampling = 'replacement' draws each batch's rows between steps, so its "
+            f"batches cannot be prefetched by a streaming loader (streaming because {why}); "
+            "use train.sampling = 'epochs', or data.stream = false to load the data whole"
+        )
+    if stream:
+        rows = train if isinstance(train, Rows) else TensorRows(train)
+        return rows, StreamSampler(rows, cfg.batch_size, ctx.device, workers), True
+    if isinstance(train, Rows):
+        train = train.materialize(workers)
+    data = train.to(ctx.device, non_blocking=True)
+    return data, BatchSampler(data, cfg.batch_size, cfg.sampling == "replacement"), False
 
 
 def total_steps(train: Any, n_rows: int) -> int:
@@ -146,10 +170,8 @@ class Trainer:
             ctx.noise,
         )
         self.device = ctx.device
-        self.data = ctx.dataset.train.to(self.device, non_blocking=True)
-        self.sampler = BatchSampler(
-            self.data, self.cfg.batch_size, replacement=self.cfg.sampling == "replacement"
-        )
+        self._compile = compile_nets(self.G, self.D) if self.cfg.compile else None
+        self.data, self.sampler, streamed = place_data(ctx)
         self.opt_g = make_optimizer(self.G.parameters(), self.cfg.optimizer_for("generator"))
         self.opt_d = make_optimizer(self.D.parameters(), self.cfg.optimizer_for("discriminator"))
         self.sched_g = make_schedule(self.opt_g, self.cfg)
@@ -190,6 +212,7 @@ class Trainer:
                     "train.total_steps": self.steps,
                     "train.amp_enabled": use_amp,
                     "train.batches_per_epoch": self.sampler.per_epoch,
+                    "data.streamed": streamed,
                 }
             )
 
@@ -316,6 +339,8 @@ class Trainer:
         self._acc_counts = {}
         metrics = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
         self._bad = _first_nonfinite(metrics, largest, self.cfg.max_abs_value) if check else None
+        if self._compile is not None:
+            metrics["perf/compile_seconds"] = self._compile.seconds
         if self.cfg.lr_schedule != "constant":
             metrics["train/lr_g"] = self.sched_g.get_last_lr()[0]
             metrics["train/lr_d"] = self.sched_d.get_last_lr()[0]
