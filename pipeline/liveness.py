@@ -274,7 +274,7 @@ def claim(c: Any, uri: str, run_id: str, doing: str, command: str) -> Claim:
         run = c.get_run(run_id)
         check_not_alive(run, command)
         held = _holder(run)
-        if lock is None and _claim_fresh(held):
+        if _claim_fresh(held):
             raise _busy(
                 run_id, held["doing"], held["pid"], held["host"], command, "another process"
             )

@@ -414,12 +414,13 @@ def _claim_in_child(uri: str, store: str, run_id: str, start: float, q) -> None:
 
     time.sleep(max(0.0, start - time.time()))  # both claim at the same moment
     try:
-        liveness.claim(MlflowClient(store), uri, run_id, "resumed", "resume")
+        held = liveness.claim(MlflowClient(store), uri, run_id, "resumed", "resume")
     except UserError as e:
         q.put(str(e))
         return
     q.put(f"won {os.getpid()}")
     time.sleep(3)  # holds the run a while, as a resume that trains
+    held.release()
 
 
 @pytest.mark.parametrize("how", ["file lock", "claim token"])
@@ -428,7 +429,8 @@ def test_two_claims_at_the_same_moment_exactly_one_wins(workdir, monkeypatch, ho
 
     store = f"sqlite:///{workdir / 'mlflow.db'}"
     c = ensure_store(store)
-    rid = c.create_run(c.create_experiment("claims"), run_name="killed").info.run_id
+    dead = {liveness.PID: str(_dead_pid()), liveness.HOST: liveness.this_host()}
+    rid = c.create_run(c.create_experiment("claims"), run_name="killed", tags=dead).info.run_id
     c.set_terminated(rid, "KILLED")
     # a server has no file lock beside it: the token is written, read back after 1 s
     uri = store if how == "file lock" else "http://tracking.example:5000"
