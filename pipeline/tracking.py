@@ -352,7 +352,7 @@ class Tracker:
         if self.link.call(send):
             return
         keep()
-        if not self._closed:
+        if not self._closed and sys.exc_info()[1] is None:  # (an error path: kept is enough)
             self.link.check()
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -541,8 +541,11 @@ class Tracker:
                 )
                 return False
 
-        with contextlib.suppress(TrackingUnavailable):  # then the metrics are spooled below
-            attempt("flushing metrics", lambda: self.flush(wait=True))
+        def flush() -> None:
+            with contextlib.suppress(TrackingUnavailable):  # the metrics are spooled below
+                self.flush(wait=True)
+
+        attempt("flushing metrics", flush)
         if error is not None and not self.attached:
             msg = f"{type(error).__name__}: {error}"
             attempt("tagging the error", lambda: self.set_tags({"gan_pipe.error": msg[:5000]}))
