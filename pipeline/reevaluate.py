@@ -26,6 +26,7 @@ from .facade import Plugins
 from .liveness import ERROR_TAGS, liveness, refuse_if_alive, stale_message
 from .recipe import ResolvedRecipe, apply_override, parse_override, resolve
 from .runner import RunResult, execute, new_context, pick_device, seed_everything
+from .spool import sync_before_resume
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def reevaluate(
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{secrets.token_hex(2)}"  # unique per call
     where = f"eval/reevaluate-{stamp}"
     try:
-        tracker.claim()
+        tracker.claim("evaluated")
         results = evaluate_and_log(ctx, where, final=True)
         tracker.log_dict(
             {"evaluate": resolved.to_dict()["evaluate"], "results": results, "step": ctx.step},
@@ -198,6 +199,7 @@ def resume(
     A run that a live process still writes is refused; ``note`` hears what was found (a
     RUNNING run whose process died, a FAILED or KILLED one) and from which step it goes on.
     """
+    sync_before_resume(run_id, note or log.info)
     found = refuse_if_alive(run_id, "resume")
     items = list(overrides or [])
     if steps is not None:

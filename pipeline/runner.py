@@ -264,6 +264,16 @@ def _try(error: BaseException, what: str, step: Callable[[], Any]) -> None:
         error.add_note(f"(while handling it, {what} failed: {type(e).__name__}: {e})")
 
 
+def _closed_note(tracker: Tracker) -> str:
+    """Where the run's FAILED status is: in the store, or in its spool for gan-pipe sync."""
+    if tracker.spool.pending():
+        return (
+            f"MLflow run {tracker.run_id} ends FAILED with this error once gan-pipe sync "
+            f"{tracker.run_id} uploads what is kept in {tracker.spool.dir}"
+        )
+    return f"MLflow run {tracker.run_id} is marked FAILED with this error"
+
+
 def execute(
     ctx: RunContext,
     run_name: str,
@@ -313,7 +323,7 @@ def execute(
         failed = e  # (``e`` itself is unbound for closures once the block ends)
         _try(e, "the on_stage_error hook", lambda: plugins.on_stage_error(ctx, stage, failed))
         _try(e, "closing the run", lambda: tracker.end("FAILED", error=failed))
-        e.add_note(f"MLflow run {tracker.run_id} is marked FAILED with this error")
+        e.add_note(_closed_note(tracker))
         raise
     perf["perf/wall_time_s"] = time.perf_counter() - started
     tracker.log_metrics({"perf/wall_time_s": perf["perf/wall_time_s"]}, ctx.step)
