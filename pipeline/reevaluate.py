@@ -94,7 +94,7 @@ def load_logged_run(
     from mlflow.exceptions import MlflowException
 
     try:
-        tracker = Tracker("", "", attach_to=run_id)
+        tracker = Tracker.attach(run_id)
     except MlflowException:
         raise UserError(
             f"no run {run_id!r} in the store {_store()}; "
@@ -216,7 +216,7 @@ def resume(
     if note is not None and found is not None:
         note(f"{_found(found)}; resuming from step {state['step']}")
     # Checked: only now is the run reopened for writing (a refused resume leaves it as it was).
-    tracker = Tracker("", "", attach_to=run_id, reopen=True)
+    tracker = Tracker.reopen(run_id)
     for key in ERROR_TAGS:  # the failed or killed attempt's tags describe it no more
         if found is not None and key in found.data.tags:
             tracker.client.delete_tag(run_id, key)

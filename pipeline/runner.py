@@ -239,7 +239,7 @@ def run(
     tags.update(extra_tags or {})
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    tracker = Tracker(recipe.experiment.name, run_name, tags=tags)
+    tracker = Tracker.start(recipe.experiment.name, run_name, tags=tags)
     ctx = new_context(resolved, plugins, tracker, device)
 
     def setup() -> None:

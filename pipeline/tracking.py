@@ -198,24 +198,13 @@ def get_or_create_experiment(c: Any, name: str, artifact_location: str | None) -
 class Tracker:
     """Logging for one MLflow run. Plugins log through ``ctx.tracker``."""
 
-    def __init__(
-        self,
-        experiment: str,
-        run_name: str,
-        tags: dict[str, str] | None = None,
-        attach_to: str | None = None,
-        reopen: bool = False,
-    ):
-        """Start a new run, or with ``attach_to`` log into an existing run without touching
-        its status (``gan-pipe evaluate`` adds results to a finished run); with ``reopen`` too,
-        the run is RUNNING again and :meth:`end` sets its new status (``gan-pipe resume``).
-
-        A new or reopened run is claimed at once (pid, host, heartbeat); an attached tracker
-        only reads until :meth:`claim` is called before it writes."""
+    def __init__(self, mlflow_client: Any, run: Any, attached: bool = False):
+        """The state every use shares; make a tracker with :meth:`start`, :meth:`attach` or
+        :meth:`reopen`, which say what happens to the run."""
         import mlflow
 
         self._mlflow = mlflow
-        self.client, artifact_location = client()
+        self.client = mlflow_client
         self.uri = mlflow.get_tracking_uri()
         self.link = Link(self.uri)
         self._buffer: list[Any] = []
@@ -228,17 +217,10 @@ class Tracker:
         self._stop = threading.Event()
         self._beating: threading.Thread | None = None
         self._claim: liveness.Claim | None = None
-        self.attached = attach_to is not None and not reopen
-        if attach_to is not None:
-            self.run = self.client.get_run(attach_to)
-            self.run_id: str = attach_to
-            self.experiment_id = self.run.info.experiment_id
-        else:
-            exp_id = get_or_create_experiment(self.client, experiment, artifact_location)
-            self.experiment_id = exp_id
-            tags = {**(tags or {}), **liveness.identity()}
-            self.run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
-            self.run_id = self.run.info.run_id
+        self.attached = attached
+        self.run = run
+        self.run_id: str = run.info.run_id
+        self.experiment_id = run.info.experiment_id
         self.spool = Spool(self.run_id, self.uri)
         self.link.hint = (
             f"What run {self.run_id} could not send is kept in {self.spool.dir}: upload it "
@@ -246,11 +228,40 @@ class Tracker:
             f"with gan-pipe resume {self.run_id}"
         )
         self._sender = Sender(self.link, self._send_metrics)
-        if attach_to is None:
-            self._start_heartbeat()
-        elif reopen:  # claimed before the run is RUNNING again: a loser changes nothing
-            self.claim("resumed")
-            mlflow.start_run(run_id=attach_to)
+
+    @classmethod
+    def start(cls, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> Tracker:
+        """A new RUNNING run in ``experiment`` (created if missing), claimed by this process
+        at once (pid, host, heartbeat)."""
+        import mlflow
+
+        mlflow_client, artifact_location = client()
+        exp_id = get_or_create_experiment(mlflow_client, experiment, artifact_location)
+        tags = {**(tags or {}), **liveness.identity()}
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
+        tracker = cls(mlflow_client, run)
+        tracker._start_heartbeat()
+        return tracker
+
+    @classmethod
+    def attach(cls, run_id: str) -> Tracker:
+        """Log into an existing run without touching its status (``gan-pipe evaluate`` adds
+        results to a finished run); it only reads until :meth:`claim` is called."""
+        mlflow_client, _ = client()
+        return cls(mlflow_client, mlflow_client.get_run(run_id), attached=True)
+
+    @classmethod
+    def reopen(cls, run_id: str) -> Tracker:
+        """Continue an existing run (``gan-pipe resume``): claimed first, so a process that
+        loses the claim changes nothing, then RUNNING again; :meth:`end` sets its new
+        status."""
+        import mlflow
+
+        mlflow_client, _ = client()
+        tracker = cls(mlflow_client, mlflow_client.get_run(run_id))
+        tracker.claim("resumed")
+        mlflow.start_run(run_id=run_id)
+        return tracker
 
     # ------------------------------------------------------------ heartbeat
     def claim(self, doing: str = "written") -> None:

@@ -117,7 +117,7 @@ def test_two_metrics_reporting_one_key_fail_clearly_unless_prefixed(workdir):
     path = write(workdir / "tiny.toml", TINY)
     metrics = '[{name="parzen", params={n_samples=100, n_val=20, n_test=30}}, {name="clash"}]'
     resolved = load_recipe(path, plugins.registry, [f"evaluate.metrics={metrics}"])
-    tracker = Tracker("clash", "clash-run")
+    tracker = Tracker.start("clash", "clash-run")
     try:
         ctx = new_context(resolved, plugins, tracker, pick_device("cpu"))
         plugins.data(ctx)
@@ -152,7 +152,7 @@ def test_deferred_artifacts_are_all_or_nothing(workdir):
 
     from gan_pipe.tracking import Tracker
 
-    tracker = Tracker("deferred", "deferred-run")
+    tracker = Tracker.start("deferred", "deferred-run")
     src = workdir / "note.txt"
     try:
         with pytest.raises(RuntimeError), tracker.deferred_artifacts():
@@ -211,7 +211,7 @@ def test_nested_deferred_blocks_and_images(workdir):
 
     from gan_pipe.tracking import Tracker
 
-    tracker = Tracker("nested", "nested-run")
+    tracker = Tracker.start("nested", "nested-run")
     try:
         with tracker.deferred_artifacts():
             tracker.log_dict({"a": 1}, "eval/outer.json")

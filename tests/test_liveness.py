@@ -50,7 +50,7 @@ def _steps(client, run_id, key):
 # ------------------------------------------------------------------ live metrics, heartbeat
 def test_metrics_reach_the_store_while_the_run_is_open(workdir, monkeypatch):
     monkeypatch.setenv("GAN_PIPE_FLUSH_SECONDS", "0.2")
-    tracker = Tracker("live", "r")
+    tracker = Tracker.start("live", "r")
     try:
         tracker.log_metrics({"train/loss": 1.0}, 1)
         time.sleep(0.3)
@@ -64,7 +64,7 @@ def test_metrics_reach_the_store_while_the_run_is_open(workdir, monkeypatch):
 
 def test_a_checkpoint_flushes_the_metrics_before_it(workdir, monkeypatch):
     monkeypatch.setenv("GAN_PIPE_FLUSH_SECONDS", "3600")  # only the checkpoint flushes
-    tracker = Tracker("live", "r")
+    tracker = Tracker.start("live", "r")
     try:
         tracker.log_metrics({"train/loss": 1.0}, 7)
         ckpt = write(workdir / "checkpoint-0000007.pt", "weights")
@@ -77,7 +77,7 @@ def test_a_checkpoint_flushes_the_metrics_before_it(workdir, monkeypatch):
 
 def test_heartbeat_is_renewed_while_open_and_removed_at_the_end(workdir, monkeypatch):
     monkeypatch.setenv("GAN_PIPE_FLUSH_SECONDS", "0.2")
-    tracker = Tracker("live", "r")
+    tracker = Tracker.start("live", "r")
     c = _client(workdir)
     tags = c.get_run(tracker.run_id).data.tags
     assert tags[liveness.PID] == str(os.getpid()) and tags[liveness.HOST] == liveness.this_host()
@@ -151,7 +151,7 @@ def test_resume_message_names_what_it_found():
 
 # ------------------------------------------------------------------ a second writer
 def test_a_live_run_cannot_be_resumed_or_evaluated_into(workdir):
-    tracker = Tracker("live", "r")  # this process writes it: alive
+    tracker = Tracker.start("live", "r")  # this process writes it: alive
     try:
         for cmd in ("resume", "evaluate"):
             res = runner.invoke(app, [cmd, tracker.run_id])
@@ -165,7 +165,7 @@ def test_a_live_run_cannot_be_resumed_or_evaluated_into(workdir):
 
 
 def test_a_refused_resume_leaves_no_live_writer_behind(workdir):
-    tracker = Tracker("live", "r")
+    tracker = Tracker.start("live", "r")
     tracker.end("KILLED")
     for _ in range(2):  # the first attempt's reading must not look like a live writer
         res = runner.invoke(app, ["resume", tracker.run_id])
@@ -174,7 +174,7 @@ def test_a_refused_resume_leaves_no_live_writer_behind(workdir):
 
 
 def test_a_run_beating_on_another_host_is_refused(workdir):
-    tracker = Tracker("live", "r")
+    tracker = Tracker.start("live", "r")
     tracker.end("KILLED")
     c = _client(workdir)
     c.set_tag(tracker.run_id, liveness.HOST, "gpu7")
@@ -188,7 +188,7 @@ def test_a_run_beating_on_another_host_is_refused(workdir):
 # ------------------------------------------------------------------ gan-pipe runs --stale
 def test_runs_stale_lists_and_marks_only_dead_training_runs(workdir):
     c = _client(workdir)
-    live = Tracker("exp-a", "alive")
+    live = Tracker.start("exp-a", "alive")
     try:
         exp_id = live.experiment_id
         # as a SIGKILLed run leaves it: RUNNING, an old heartbeat, a pid that is gone

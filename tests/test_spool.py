@@ -146,7 +146,7 @@ def _metric(key, value, ts, step):
 
 
 def test_missing_points_leaves_out_what_the_store_holds(workdir):
-    tracker = Tracker("spool", "r")
+    tracker = Tracker.start("spool", "r")
     c = _client(workdir)
     held = [_metric("a", 1.0, 1000, 1), _metric("a", float("nan"), 1000, 2)]
     c.log_batch(tracker.run_id, metrics=held, synchronous=True)
@@ -213,7 +213,7 @@ def test_sync_says_what_it_did_and_what_it_cannot(workdir, monkeypatch):
     res = runner.invoke(app, ["sync"])
     assert res.exit_code == 0 and "nothing spooled for sqlite:///" in res.output, res.output
 
-    tracker = Tracker("spool", "r")
+    tracker = Tracker.start("spool", "r")
     tracker.end()
     elsewhere = Spool("0123abcd", "http://tracking.example:5000", workdir / "spool")
     elsewhere.set_end("FAILED", 1)
