@@ -71,7 +71,7 @@ def gan_pipe_build(ctx: RunContext):
     ]
     nz = ctx.recipe.noise
     ctx.noise = make_noise(nz.distribution, nz.dim, ctx.device, nz.range, nz.jitter)
-    _build_callbacks(ctx)
+    build_callbacks(ctx)
     counts = {}
     for name, net in (("generator", ctx.generator), ("discriminator", ctx.discriminator)):
         counts[f"model.{name}.n_params"] = sum(p.numel() for p in net.parameters())
@@ -83,7 +83,7 @@ def gan_pipe_build(ctx: RunContext):
     return ctx.generator
 
 
-def _build_callbacks(ctx: RunContext) -> None:
+def build_callbacks(ctx: RunContext) -> None:
     """The recipe's callbacks, keyed by their recipe path, each set up on the built nets."""
     from gan_pipe.callback_list import CallbackList
 

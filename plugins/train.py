@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gan_pipe.context import LossInputs
-from gan_pipe.errors import UserError
+from gan_pipe.errors import PluginError, UserError
 from gan_pipe.plugins.callbacks.duties import duties
 
 if TYPE_CHECKING:
@@ -169,6 +169,12 @@ class Trainer:
         self._lr_scale = 1.0  # product of the rollbacks' learning-rate factors
         self._clock = time.monotonic
         self._last_save = self._clock()
+        if len(ctx.callbacks) != len(ctx.recipe.callbacks):
+            raise PluginError(
+                f"the recipe names {len(ctx.recipe.callbacks)} callback(s) but the build stage "
+                f"built {len(ctx.callbacks)}: a build stage that replaces the built-in one must "
+                "call gan_pipe.plugins.stages.build_callbacks(ctx)"
+            )
         # the recipe's callbacks first: gan-pipe's own see their work of the step done
         self.duties = duties(self)
         self.callbacks = ctx.callbacks + self.duties

@@ -400,3 +400,94 @@ def test_the_documented_callback_runs_logs_and_resumes(workdir):
     gen = _final_checkpoint(first.run_id)["generator"]
     norm = torch.stack([v.norm() for k, v in gen.items()]).norm().item()
     assert state["running"].item() > (1 - 0.99**12) * norm
+
+
+def test_a_replaced_build_stage_that_skips_the_callbacks_is_an_error(workdir):
+    from gan_pipe.plugins import stages
+
+    class Build:
+        @hookimpl(tryfirst=True)
+        def gan_pipe_build(self, ctx):
+            keep = stages.build_callbacks
+            stages.build_callbacks = lambda ctx: None  # "forgets" them
+            try:
+                return stages.gan_pipe_build(ctx)
+            finally:
+                stages.build_callbacks = keep
+
+    with pytest.raises(PluginError, match=r"names 1 callback\(s\) but the build stage built 0"):
+        _run_with(workdir, Build(), recipe_text())
+
+
+# ------------------------------------------------------------------ trainer-level details
+class Steps:
+    """Counts on_step calls (state) and whether teardown came."""
+
+    def __init__(self):
+        self.steps, self.torn_down = 0, False
+
+    def on_step(self, ctx, step):
+        self.steps += 1
+
+    def teardown(self, ctx):
+        self.torn_down = True
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+
+
+def _with_callback(trainer, cb):
+    from gan_pipe.callback_list import CallbackList
+
+    trainer.ctx.callbacks = CallbackList([("callbacks.0", cb)])
+    trainer.callbacks = trainer.ctx.callbacks + trainer.duties
+    return trainer
+
+
+def test_a_rollback_restores_the_callbacks_state_and_teardown_always_comes():
+    from gan_pipe.plugins.train import TrainingDiverged
+
+    from .plugins.test_train import _poisoned
+
+    t, _ = _poisoned([5], on_nonfinite="rollback")  # NaN after 5, found at 6, back to 4
+    cb = Steps()
+    assert _with_callback(t, cb).fit() == 12
+    assert cb.steps == 12 and cb.torn_down  # steps 5 and 6 of the abandoned try undone
+    t, _ = _poisoned([5])
+    cb = Steps()
+    with pytest.raises(TrainingDiverged):
+        _with_callback(t, cb).fit()
+    assert cb.torn_down
+
+
+def test_sample_frames_draw_the_provided_generator():
+    import copy
+
+    import numpy as np
+
+    from gan_pipe.plugins.callbacks.frames import SampleFrames
+
+    from .plugins.test_train import _tiny_trainer
+
+    t = _tiny_trainer(dim=2)
+    got = []
+    t.ctx.tracker.log_image = lambda image, key, step: got.append(image)
+    frames = SampleFrames(t.ctx, every=1, total=2)
+    other = copy.deepcopy(t.G)
+    with torch.no_grad():
+        other.bias.add_(1.0)
+
+    class Provides:
+        def generator(self):
+            return other
+
+    frames.draw(t.ctx, 1)
+    _with_callback(t, Provides())
+    frames.draw(t.ctx, 1)
+    t.ctx.generator = other
+    frames.draw(t.ctx, 1)
+    raw, provided, drawn_from_other = got
+    assert not np.array_equal(raw, provided) and np.array_equal(provided, drawn_from_other)
