@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .callback_list import CallbackList
+
 if TYPE_CHECKING:
     import torch
 
@@ -152,6 +154,68 @@ class ReportContext(EvalContext, Protocol):
     results: dict[str, float]
 
 
+class Callback(Protocol):
+    """A training callback: a recipe's ``[[callbacks]]`` entry, or one of gan-pipe's own
+    duties (sample frames, periodic evaluation, checkpoints, the progress bar).
+
+    Define only what you need: gan-pipe calls each method a callback has and skips the rest
+    (a callback with none of them is refused when the run builds it). Events, in the order
+    a run fires them:
+
+    * ``setup(ctx)``: once the build stage has built the networks, in every process that
+      uses the callback (a run, ``gan-pipe resume``, ``gan-pipe evaluate``), before any
+      state is loaded. Allocate state shaped like the networks here.
+    * ``on_train_start(ctx)``: before the first step this process trains; ``ctx.step`` is 0,
+      or the checkpoint's step on resume (state is loaded by then).
+    * ``on_step(ctx, step)``: after every generator step (``step`` counts from 1), after the
+      ``gan_pipe_on_train_step`` hook, before the step is logged, drawn, evaluated or
+      checkpointed. The hot loop: no host sync, no MLflow call per value.
+    * ``on_log(ctx, step, metrics)``: at logging steps, with the ``train/`` values just read
+      back (``{"train/d_loss": 0.69, ...}``); a step with a NaN rolls back or stops first.
+    * ``before_evaluation(ctx, step)`` and ``after_evaluation(ctx, step, results)``: around
+      every evaluation (periodic, final, ``gan-pipe evaluate``), inside its isolated RNG;
+      ``results`` are the metric values without the ``eval/`` prefix.
+    * ``on_checkpoint(ctx, step)``: just before a checkpoint's state is gathered.
+    * ``on_train_end(ctx)``: once training finished, after its last checkpoint, before the
+      final evaluation (not after an interrupt or a divergence; what it changes is not
+      checkpointed).
+    * ``teardown(ctx)``: once this process's training stops, finished or not.
+
+    State: ``state_dict()`` returns tensors and plain values (dicts, lists, numbers,
+    strings: checkpoints are read with ``torch.load(weights_only=True)``), stored in every
+    checkpoint under the callback's recipe path (``callbacks.0``); ``load_state_dict(state)``
+    gets it back on resume, on a rollback and in ``gan-pipe evaluate``, after ``setup``.
+
+    ``generator()`` may return a network (or None, e.g. before averaging started) that
+    evaluation, sample frames, reports and the logged model use instead of the trained
+    generator (an EMA of its weights); the first callback that returns one wins.
+    """
+
+    def setup(self, ctx: RunContext) -> None: ...
+
+    def on_train_start(self, ctx: RunContext) -> None: ...
+
+    def on_step(self, ctx: RunContext, step: int) -> None: ...
+
+    def on_log(self, ctx: RunContext, step: int, metrics: dict[str, float]) -> None: ...
+
+    def before_evaluation(self, ctx: RunContext, step: int) -> None: ...
+
+    def after_evaluation(self, ctx: RunContext, step: int, results: dict[str, float]) -> None: ...
+
+    def on_checkpoint(self, ctx: RunContext, step: int) -> None: ...
+
+    def on_train_end(self, ctx: RunContext) -> None: ...
+
+    def teardown(self, ctx: RunContext) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def generator(self) -> torch.nn.Module | None: ...
+
+
 @dataclass
 class RunContext:
     """Everything one run knows; handed to every stage hook, metric and report."""
@@ -167,6 +231,8 @@ class RunContext:
     discriminator: torch.nn.Module | None = None
     loss: GanLoss | None = None
     regularizers: list[Any] = field(default_factory=list)
+    #: The recipe's ``[[callbacks]]``, built and set up by the build stage.
+    callbacks: CallbackList = field(default_factory=CallbackList)
     noise: Callable[[int], torch.Tensor] | None = None
     step: int = 0
     #: ``{"train/d_loss": [(step, value), ...]}``: what was logged during training.

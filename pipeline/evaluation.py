@@ -130,9 +130,11 @@ def evaluate(ctx: RunContext, eval_dir: str | None = None) -> dict[str, float]:
         with (
             ctx.tracker.deferred_artifacts(),
             isolated_rng(eval_seed(ctx.recipe.experiment.seed, ctx.step), ctx.device),
+            ctx.callbacks.evaluating(ctx) as done,  # the generator a callback provides
             eval_mode(ctx.generator),
         ):
             results: Any = ctx.plugins.evaluate(ctx)
+            done(dict(results or {}))
     finally:
         ctx.eval_dir = previous
     return dict(results or {})

@@ -385,6 +385,11 @@ class Recipe(_Strict):
     regularizers: list[ComponentRef] = Field(
         default_factory=list, description="extra loss terms, e.g. feature matching"
     )
+    callbacks: list[ComponentRef] = Field(
+        default_factory=list,
+        description="training callbacks, e.g. a generator EMA; they run in this order, "
+        "before gan-pipe's own sample frames, evaluations and checkpoints",
+    )
     noise: Noise = Field(default_factory=Noise)
     train: Train = Field(default_factory=Train)
     evaluate: Evaluate = Field(default_factory=Evaluate)
@@ -622,6 +627,7 @@ def component_refs(recipe: Recipe) -> list[tuple[str, str, ComponentRef]]:
         ("loss", "loss", recipe.loss),
     ]
     refs += [(f"regularizers.{i}", "regularizer", r) for i, r in enumerate(recipe.regularizers)]
+    refs += [(f"callbacks.{i}", "callback", c) for i, c in enumerate(recipe.callbacks)]
     refs += [(f"evaluate.metrics.{i}", "metric", m) for i, m in enumerate(recipe.evaluate.metrics)]
     refs += [(f"report.{i}", "report", r) for i, r in enumerate(recipe.report)]
     return refs
@@ -718,6 +724,7 @@ def json_schema(registry: Registry) -> dict[str, Any]:
         option["properties"].update(loading)
     props["loss"] = slot("loss")
     props["regularizers"]["items"] = slot("regularizer")
+    props["callbacks"]["items"] = slot("callback")
     props["report"]["items"] = slot("report")
     defs["Model"]["properties"] = {
         "generator": slot("generator"),

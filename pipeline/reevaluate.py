@@ -161,6 +161,7 @@ def reevaluate(
     ctx.generator.load_state_dict(state["generator"])
     if ctx.discriminator is not None and "discriminator" in state:
         ctx.discriminator.load_state_dict(state["discriminator"])
+    ctx.callbacks.load_state_dict(state.get("callbacks", {}))  # an EMA: what the run scored
     ctx.step = int(state["step"])
     ctx.generator.eval()
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{secrets.token_hex(2)}"  # unique per call

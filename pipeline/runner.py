@@ -173,6 +173,7 @@ def run_params(resolved_dict: dict[str, Any]) -> dict[str, Any]:
     d = dict(resolved_dict)
     lists = {
         "regularizers": (d.pop("regularizers"), lambda r: r["name"]),
+        "callbacks": (d.pop("callbacks"), lambda c: c["name"]),
         "report": (d.pop("report"), lambda r: r["name"]),
         "evaluate.metrics": (
             d.pop("evaluate")["metrics"],

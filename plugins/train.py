@@ -7,6 +7,11 @@ Design choices, all for speed on small nets where overhead dominates:
 * losses are accumulated as device tensors and read back once per ``log_every`` steps
   (one host sync), then sent to MLflow in buffered asynchronous batches;
 * bf16 autocast on CUDA when ``train.amp`` allows it.
+
+:meth:`Trainer._loop` is the step loop: it trains a step, announces it (the
+``gan_pipe_on_train_step`` hook, then the recipe's callbacks) and logs the losses at logging
+steps. Everything else that happens periodically (sample frames, evaluation, checkpoints,
+the progress bar) is a callback of :mod:`gan_pipe.plugins.callbacks`, run after the recipe's.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import torch
 
 from gan_pipe.context import LossInputs
 from gan_pipe.dataloading import StreamSampler, batches_per_epoch
-from gan_pipe.errors import UserError
+from gan_pipe.errors import PluginError, UserError
+from gan_pipe.plugins.callbacks.duties import duties
 from gan_pipe.plugins.train_compile import compile_nets
 
 if TYPE_CHECKING:
@@ -179,12 +185,6 @@ class Trainer:
         self.steps = total_steps(self.cfg, len(self.data))
         use_amp = self.device.type == "cuda" and self.cfg.amp in ("auto", "bf16")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp)
-        self.sample_every = self.cfg.sample_every or max(1, self.steps // 10)
-        gen = torch.Generator(device=self.device).manual_seed(ctx.recipe.experiment.seed + 12345)
-        # image data: an 8x8 grid; vector data: enough points for a scatter or histogram
-        n_fixed = 64 if ctx.dataset.is_image else 1000
-        self.fixed_noise = self.noise(n_fixed, generator=gen)
-        self._fixed_real: torch.Tensor | None = None
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_counts: dict[str, int] = {}
         self._saved_step = -1
@@ -202,6 +202,15 @@ class Trainer:
         self._lr_scale = 1.0  # product of the rollbacks' learning-rate factors
         self._clock = time.monotonic
         self._last_save = self._clock()
+        if len(ctx.callbacks) != len(ctx.recipe.callbacks):
+            raise PluginError(
+                f"the recipe names {len(ctx.recipe.callbacks)} callback(s) but the build stage "
+                f"built {len(ctx.callbacks)}: a build stage that replaces the built-in one must "
+                "call gan_pipe.plugins.stages.build_callbacks(ctx)"
+            )
+        # the recipe's callbacks first: gan-pipe's own see their work of the step done
+        self.duties = duties(self)
+        self.callbacks = ctx.callbacks + self.duties
         resume = ctx.state.get("resume")
         if resume is not None:
             self.load_checkpoint_state(resume)
@@ -439,70 +448,81 @@ class Trainer:
         self._in_step = False
         with self._signals_deferred():
             try:
-                self._loop()
-            except KeyboardInterrupt as e:
-                self._interrupted(e)
-                raise
-            if self._saved_step != ctx.step:
-                self.save_checkpoint(ctx.step)
+                try:
+                    self.callbacks.fire("on_train_start", ctx)
+                    self._keep_good(self.start_step)
+                    self._loop()
+                except KeyboardInterrupt as e:
+                    self._interrupted(e)
+                    raise
+                if self._saved_step != ctx.step:
+                    self.save_checkpoint(ctx.step)
+                if self._stop_signal is None:
+                    self.callbacks.fire("on_train_end", ctx)
+            finally:
+                self.callbacks.fire("teardown", ctx)
             ctx.tracker.flush(wait=False)
         if self._stop_signal is not None:
             # asked to stop during the last step: training is complete and checkpointed; the
             # run stops here (KILLED) instead of going on to evaluation
             raise KeyboardInterrupt
+        self._use_provided_generator()
         return ctx.step
 
     def _loop(self) -> None:
-        from gan_pipe.plugins.train_progress import progress_bar
-
+        """The step loop: train a step, announce it, log it; callbacks do the rest."""
         ctx, cfg = self.ctx, self.cfg
         listeners = ctx.plugins.has_step_listeners()
-        if self.start_step == 0:
-            self._log_samples(0)
-        title = ctx.recipe.experiment.name
-        with progress_bar(self.steps, cfg.progress, title, start=self.start_step) as bar:
-            self._keep_good(self.start_step)
-            step = self.start_step
-            while step < self.steps:
-                step += 1
-                if self._stop_signal is not None:
-                    raise KeyboardInterrupt
-                # a step mutates nets, optimisers, schedules, the sampler and the RNG states:
-                # a checkpoint taken while _in_step would not match its label
-                self._in_step = True
-                if cfg.updates == "simultaneous":
-                    for values in self.simultaneous_step():
-                        self._add(values)
-                else:
-                    for _ in range(cfg.n_critic):
-                        self._add(self.discriminator_step())
-                    self._add(self.generator_step())
-                ctx.step = step
-                self._in_step = False
-                if listeners:
-                    ctx.plugins.on_train_step(ctx, step)
-                if step % cfg.log_every == 0 or step == self.steps:
-                    bar.show(self._drain(step))
-                    if self._bad is not None:
-                        step = self._diverged(step, self._bad)
-                        continue
-                    self._keep_good(step)
-                    minutes = cfg.checkpoint_minutes
-                    if minutes and self._clock() - self._last_save >= 60 * minutes:
-                        self.save_checkpoint(step)  # checked finite just now
-                if step % self.sample_every == 0 or step == self.steps:
-                    self._log_samples(step)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step != self.steps:
-                    self._evaluate(step)
-                every = cfg.checkpoint_every
-                if every and step % every == 0 and self._saved_step != step:
-                    bad = self._nonfinite_now()
-                    if bad is not None:
-                        step = self._diverged(step, bad)
-                        continue
-                    self.save_checkpoint(step)
-                    self._keep_good(step)
-                bar.advance()
+        step = self.start_step
+        while step < self.steps:
+            step += 1
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            # a step mutates nets, optimisers, schedules, the sampler, the RNG states and the
+            # callbacks' state: a checkpoint taken while _in_step would not match its label
+            self._in_step = True
+            self._train_step()
+            ctx.step = step
+            if listeners:
+                ctx.plugins.on_train_step(ctx, step)
+            ctx.callbacks.on_step(ctx, step)
+            self._in_step = False
+            if (step % cfg.log_every == 0 or step == self.steps) and not self._log(step):
+                step = ctx.step  # rolled back
+                continue
+            self.duties.on_step(ctx, step)
+            step = ctx.step  # a checkpoint's check for NaN may have rolled back
+
+    def _train_step(self) -> None:
+        if self.cfg.updates == "simultaneous":
+            for values in self.simultaneous_step():
+                self._add(values)
+        else:
+            for _ in range(self.cfg.n_critic):
+                self._add(self.discriminator_step())
+            self._add(self.generator_step())
+
+    def _log(self, step: int) -> bool:
+        """Log the means since the last logging step; False if a NaN rolled training back
+        (``ctx.step`` is then the step it goes on from), TrainingDiverged if it stops it."""
+        metrics = self._drain(step)
+        if self._bad is not None:
+            self._diverged(step, self._bad)
+            return False
+        self._keep_good(step)
+        self.callbacks.fire("on_log", self.ctx, step, metrics)
+        return True
+
+    def _use_provided_generator(self) -> None:
+        """After training, the generator a callback provides (an EMA) is ``ctx.generator``:
+        the final evaluation, the reports and the logged model use it."""
+        found = self.ctx.callbacks.provider()
+        if found is not None:
+            key, module = found
+            self.ctx.generator = module
+            comp = self.ctx.components.get(key)
+            name = f"{comp.name} ({key})" if comp is not None else key
+            self.ctx.tracker.set_tags({"gan_pipe.generator": f"provided by callback {name}"})
 
     def _interrupted(self, e: KeyboardInterrupt) -> None:
         """Keep what was trained: checkpoint the last completed step unless the interrupt
@@ -554,44 +574,6 @@ class Trainer:
                 self._acc[k] = v.clone()
                 self._acc_counts[k] = 1
 
-    def _log_samples(self, step: int) -> None:
-        """Samples at fixed noise, the MLflow UI's per-step image slider ``samples``: an image
-        grid for image data, real vs generated scatter (2-D+) or histograms (1-D) otherwise,
-        so mode collapse can be watched as it happens."""
-        ds = self.ctx.dataset
-        if ds is None:
-            return
-        from gan_pipe.plugins.reports import grid as G
-        from gan_pipe.plugins.reports.plots import real_subset, vector_figure
-
-        was = self.G.training
-        self.G.eval()
-        with torch.no_grad():
-            x = self.G(self.fixed_noise).float().cpu()
-        self.G.train(was)
-        if ds.is_image:
-            picture = G.image_grid(
-                G.samples_to_images(x, ds.shape), nrow=8, value_range=ds.value_range
-            )
-        else:
-            x = x.reshape(len(x), -1)
-            if self._fixed_real is None:  # the same real points in every frame
-                seed = self.ctx.recipe.experiment.seed
-                self._fixed_real = real_subset(ds, len(x), seed).reshape(-1, x.shape[1])
-            real = self._fixed_real
-            lo, hi = real.min(dim=0).values, real.max(dim=0).values
-            pad = torch.where(hi > lo, 0.5 * (hi - lo), torch.ones_like(hi))
-            # fixed axes around the data: frames of the slider compare
-            box = [(float(a), float(b)) for a, b in zip(lo - pad, hi + pad, strict=True)]
-            fig = vector_figure(real, x, f"step {step}", span=box[0], limits=box[:2])
-            picture = G.figure_pixels(fig)
-        self.ctx.tracker.log_image(picture, key="samples", step=step)
-
-    def _evaluate(self, step: int) -> None:
-        from gan_pipe.evaluation import evaluate_and_log
-
-        evaluate_and_log(self.ctx, final=False)  # own RNG: does not change training
-
     def _training_state(self) -> dict[str, Any]:
         """Everything a step changes (references: copy before keeping)."""
         state = {
@@ -606,6 +588,7 @@ class Trainer:
             "sampler_i": self.sampler._i,
             "rollbacks": self._rollbacks,
             "lr_scale": self._lr_scale,
+            "callbacks": self.ctx.callbacks.state_dict(),
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -636,11 +619,31 @@ class Trainer:
             self.sampler._i = int(state["sampler_i"])
         self._rollbacks = int(state.get("rollbacks", 0))
         self._lr_scale = float(state.get("lr_scale", 1.0))
+        self.ctx.callbacks.load_state_dict(state.get("callbacks", {}))
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 
+    @property
+    def saved_step(self) -> int:
+        """The step of the newest checkpoint this process saved (-1: none)."""
+        return self._saved_step
+
+    def seconds_since_save(self) -> float:
+        return self._clock() - self._last_save
+
+    def checkpoint_if_finite(self, step: int) -> None:
+        """Save a checkpoint of ``step`` unless a weight or a loss since the last logging
+        step is NaN: then roll back (``ctx.step`` changes) or stop, as for a logging step."""
+        bad = self._nonfinite_now()
+        if bad is not None:
+            self._diverged(step, bad)
+            return
+        self.save_checkpoint(step)
+        self._keep_good(step)
+
     def save_checkpoint(self, step: int) -> None:
+        self.callbacks.fire("on_checkpoint", self.ctx, step)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"checkpoint-{step:07d}.pt"
             torch.save(self.checkpoint_state(step), path)

@@ -24,6 +24,7 @@ import torch
 from typer.testing import CliRunner
 
 from gan_pipe.cli import app
+from gan_pipe.plugins.callbacks.frames import SampleFrames
 from gan_pipe.plugins.train import Trainer
 
 from .conftest import write
@@ -124,10 +125,12 @@ def straight(recipe):
     return _final_checkpoint(_run_id(res.output))
 
 
-def _signal_at(monkeypatch, method: str, call: int, when: str, sig: int, times: int = 1):
+def _signal_at(
+    monkeypatch, method: str, call: int, when: str, sig: int, times: int = 1, cls: Any = Trainer
+):
     """Send ``sig`` to this process ``times`` times, before or after the ``call``-th call of
-    ``Trainer.<method>``."""
-    original = getattr(Trainer, method)
+    ``cls.<method>`` (a Trainer method by default)."""
+    original = getattr(cls, method)
     calls = {"n": 0}
 
     def wrapper(self, *args, **kwargs):
@@ -142,7 +145,7 @@ def _signal_at(monkeypatch, method: str, call: int, when: str, sig: int, times: 
                 signal.raise_signal(sig)
         return out
 
-    monkeypatch.setattr(Trainer, method, wrapper)
+    monkeypatch.setattr(cls, method, wrapper)
 
 
 def _interrupt_then_resume(recipe, monkeypatch, point, sig, times=1) -> tuple[str, Any]:
@@ -213,7 +216,8 @@ def test_a_second_ctrl_c_mid_step_resumes_from_the_last_periodic_checkpoint(
 
 
 def test_ctrl_c_before_the_first_step_promises_no_resume(recipe, monkeypatch):
-    _signal_at(monkeypatch, "_log_samples", 1, "before", signal.SIGINT)  # step 0's picture
+    # step 0's picture
+    _signal_at(monkeypatch, "draw", 1, "before", signal.SIGINT, cls=SampleFrames)
     res = runner.invoke(app, ["run", str(recipe)])
     assert res.exit_code == 130
     assert "nothing to resume" in res.output and "gan-pipe resume" not in res.output
