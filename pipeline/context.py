@@ -79,8 +79,17 @@ class ModelSpec:
 
 @dataclass
 class LossInputs:
-    """One step's tensors for a loss. ``d_real``/``d_fake`` are raw discriminator outputs
-    (logits for BCE losses, critic values for Wasserstein losses)."""
+    """One step's tensors for a loss or a regularizer term. ``d_real``/``d_fake`` are raw
+    discriminator outputs (logits for BCE losses, critic values for Wasserstein losses).
+
+    * ``discriminator``: D itself (a gradient penalty evaluates it at new points); never None.
+    * ``real``, ``fake``: the step's real batch and G's samples (with grad in G's step,
+      detached in D's); never None.
+    * ``d_real``: D(real) in D's step; **None in G's step** (the trainer does not run D on the
+      real batch for G's update; a loss that needs it, like the relativistic one, calls
+      ``discriminator(real)`` itself).
+    * ``d_fake``: D(fake) in both steps; never None.
+    """
 
     discriminator: torch.nn.Module
     real: torch.Tensor
@@ -96,6 +105,49 @@ class GanLoss(Protocol):
     def discriminator_loss(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
     def generator_loss(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+class Regularizer(Protocol):
+    """A term added to a loss (``[[regularizers]]``): it has ``generator_term``,
+    ``discriminator_term`` or both (one with neither is refused at build). Each returns the
+    term to add, already weighted, and extra scalars to log; ``x.d_real`` is None in the
+    generator term (see :class:`LossInputs`)."""
+
+    def generator_term(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def discriminator_term(
+        self, x: LossInputs
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+class DatasetFactory(Protocol):
+    """What ``register_datasets`` registers: ``factory(params) -> Dataset`` (params: the
+    validated ``[data.params]`` model)."""
+
+    def __call__(self, params: Any) -> Dataset: ...
+
+
+class ArchitectureFactory(Protocol):
+    """What ``register_architectures`` registers: ``factory(params, spec) -> nn.Module``,
+    a generator mapping (n, spec.z_dim) noise to (n, *spec.data_shape) samples, or a
+    discriminator mapping samples to (n,) or (n, 1) scores."""
+
+    def __call__(self, params: Any, spec: ModelSpec) -> torch.nn.Module: ...
+
+
+class Metric(Protocol):
+    """A metric (``[[evaluate.metrics]]``): ``compute(ctx)`` returns ``{key: value}``, logged
+    as ``eval/<key>``; ``ctx`` is an :class:`EvalContext` (a run's, ``gan-pipe score``'s or
+    :func:`gan_pipe.testing.metric_context`'s)."""
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]: ...
+
+
+class Report(Protocol):
+    """A report (``[[report]]``): ``run(ctx)`` logs figures or files through
+    ``ctx.tracker``; ``ctx`` is a :class:`ReportContext`."""
+
+    def run(self, ctx: ReportContext) -> None: ...
 
 
 class EvalTracker(Protocol):
