@@ -590,7 +590,7 @@ def sync(
 def schema() -> None:
     """Print the JSON schema of recipes, component params included (for editors)."""
     from .manager import load_plugins
-    from .recipe import json_schema
+    from .recipe_schema import json_schema
 
     typer.echo(json.dumps(json_schema(load_plugins().registry), indent=2))
 

@@ -13,16 +13,11 @@ what was expected and close matches.
 
 from __future__ import annotations
 
-import posixpath
-import re
-import tomllib
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,87 +27,23 @@ from pydantic import (
 )
 
 from .errors import RecipeError, did_you_mean
-from .registry import Component, Registry, strict_validate
-
-# ---------------------------------------------------------------- names and tags
-#: Longest experiment or run name. MLflow allows 500 characters for an experiment, but the
-#: name is also a folder (``mlartifacts/<name>``) and file systems stop at 255 bytes.
-NAME_MAX = 200
-NAME_RULE = (
-    f"1 to {NAME_MAX} printable characters (letters of any script, digits, spaces, punctuation), "
-    "no / or \\, no control characters, not only dots, no space at either end"
+from .names import (  # noqa: F401  (re-exported: gan_pipe.recipe is where they were)
+    NAME_MAX,
+    NAME_RULE,
+    RESERVED_TAG_KEYS,
+    RESERVED_TAG_PREFIXES,
+    TAG_KEY_MAX,
+    TAG_VALUE_MAX,
+    Name,
+    TagKey,
+    TagValue,
+    check_name,
+    check_tag_key,
+    check_tag_value,
 )
-#: MLflow's limits on run tags (mlflow/utils/validation.py: MAX_ENTITY_KEY_LENGTH,
-#: MAX_TAG_VAL_LENGTH) and its rule for tag keys (validate_param_and_metric_name).
-TAG_KEY_MAX = 250
-TAG_VALUE_MAX = 8000
-_TAG_KEY = re.compile(r"[\w./\- :]+")
-#: Tags that MLflow (``mlflow.*``) and gan-pipe (``gan_pipe.*`` and the keys below) set on
-#: every run; a user tag must not replace them.
-RESERVED_TAG_PREFIXES = ("mlflow.", "gan_pipe.")
-RESERVED_TAG_KEYS = ("device", "torch.version", "git.commit")
-_TAG_HINTS = {
-    "mlflow.runname": "; set the run name with experiment.run_name",
-    "mlflow.note.content": "; set the run description with experiment.description",
-}
-
-
-def check_name(v: str) -> str:
-    """An experiment or run name that MLflow stores and a folder can carry (:data:`NAME_RULE`)."""
-    if not v:
-        raise ValueError(f"a name cannot be empty; expected {NAME_RULE}")
-    if len(v) > NAME_MAX:
-        raise ValueError(f"the name is {len(v)} characters long; at most {NAME_MAX} are allowed")
-    sep = [c for c in "/\\" if c in v]
-    if sep:
-        raise ValueError(
-            f"the name contains {sep[0]!r}, a path separator (artifacts would go to another "
-            "folder); use - or _ instead"
-        )
-    odd = next((c for c in v if unicodedata.category(c).startswith("C")), None)
-    if odd is not None:
-        raise ValueError(
-            f"the name contains the control or invisible character U+{ord(odd):04X}; "
-            "use printable characters only"
-        )
-    if set(v) == {"."}:
-        raise ValueError("a name of only dots is a folder ('.' or '..'); use letters or digits")
-    if v != v.strip():
-        raise ValueError("the name starts or ends with white space; remove it")
-    return v
-
-
-def check_tag_key(key: str) -> str:
-    low = key.casefold()
-    if low.startswith(RESERVED_TAG_PREFIXES) or low in RESERVED_TAG_KEYS:
-        raise ValueError(
-            f"tags starting with {' or '.join(repr(p) for p in RESERVED_TAG_PREFIXES)} (and "
-            f"{', '.join(repr(k) for k in RESERVED_TAG_KEYS)}) are MLflow's and gan-pipe's own, "
-            f"set on every run; use another key{_TAG_HINTS.get(low, '')}"
-        )
-    if len(key) > TAG_KEY_MAX:
-        raise ValueError(f"a tag key is at most {TAG_KEY_MAX} characters (this has {len(key)})")
-    if not _TAG_KEY.fullmatch(key):
-        raise ValueError(
-            "a tag key may only contain letters, digits, _ - . / : and spaces (MLflow's rule)"
-        )
-    norm = posixpath.normpath(key)
-    if norm != key or norm == "." or norm.startswith(("..", "/")):
-        raise ValueError(f"MLflow refuses tag keys that read as another path ({norm!r})")
-    return key
-
-
-def check_tag_value(value: str) -> str:
-    if len(value) > TAG_VALUE_MAX:
-        raise ValueError(
-            f"a tag value is at most {TAG_VALUE_MAX} characters (this has {len(value)})"
-        )
-    return value
-
-
-Name = Annotated[str, AfterValidator(check_name)]
-TagKey = Annotated[str, AfterValidator(check_tag_key)]
-TagValue = Annotated[str, AfterValidator(check_tag_value)]
+from .overrides import apply_override, load_toml, parse_override  # noqa: F401
+from .registry import Component, Registry, strict_validate
+from .validation_messages import format_validation_errors
 
 
 class _Strict(BaseModel):
@@ -438,185 +369,6 @@ class ResolvedRecipe:
         return out
 
 
-# ---------------------------------------------------------------- TOML + overrides
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"train.lr=1e-4"`` -> (["train", "lr"], 1e-4). The value is one TOML value; a bare word
-    (no quotes, spaces or brackets, not valid TOML) is a string: ``loss.name=minimax``.
-
-    Anything else is an error, never half applied: a value followed by more TOML (``1\nx = 2``,
-    a ``[table]`` header), text with control characters, an unclosed list or string."""
-    if "=" not in item:
-        raise RecipeError("--set", [f"{item!r}: expected KEY=VALUE, e.g. train.lr=1e-4"])
-    key, _, raw = item.partition("=")
-    key, raw = key.strip(), raw.strip()
-    if not key or any(not p.strip() for p in key.split(".")):
-        raise RecipeError(
-            "--set", [f"{item!r}: the key path {key!r} is empty or has an empty part"]
-        )
-    odd = next((c for c in key if unicodedata.category(c).startswith("C")), None)
-    if odd is not None:
-        raise RecipeError(
-            "--set", [f"{item!r}: the key path contains the control character U+{ord(odd):04X}"]
-        )
-    try:
-        doc = tomllib.loads(f"v = {raw}")
-    except tomllib.TOMLDecodeError as e:
-        why = str(e).split(" (at ")[0]  # its line and column are those of "v = ..."
-        if not _BARE_WORD.fullmatch(raw):
-            # Meant as a list, table or string, or more than one word: not a bare word.
-            raise RecipeError(
-                "--set",
-                [
-                    f"{item!r}: the value is not valid TOML ({why}); quote a string "
-                    f"({key}='\"...\"'), or give one number, boolean, [list] or {{table}}"
-                ],
-            ) from None
-        value: Any = raw
-    else:
-        if list(doc) != ["v"]:
-            raise RecipeError(
-                "--set",
-                [
-                    f"{item!r}: the value is more than one TOML value (it goes on with "
-                    f"{', '.join(repr(k) for k in doc if k != 'v')}); give one value per --set"
-                ],
-            )
-        value = doc["v"]
-    return [p.strip() for p in key.split(".")], value
-
-
-#: A value ``--set`` takes as a string although it is not TOML: one word of letters, digits
-#: and ``_ - . : / + @ ,`` (``minimax``, ``wgan-gp``, ``cuda:1``, ``data/mnist``). A typo in a
-#: number (``2e-4x``) is such a word too; strict validation refuses it where a number belongs.
-_BARE_WORD = re.compile(r"[\w\-.:/+@,]+")
-
-
-def apply_override(data: dict[str, Any], path: list[str], value: Any) -> list[str]:
-    """Set ``path`` to ``value`` in ``data``; returns the key paths set.
-
-    An inline table merges into the table already there, key by key (``--set
-    train={lr=1e-4, n_critic=5}`` is ``train.lr`` and ``train.n_critic``), so it never drops
-    the table's other keys; a list, or a table where there was none, replaces what was there."""
-    node: Any = data
-    for i, part in enumerate(path[:-1]):
-        where = ".".join(path[: i + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise RecipeError(
-                    "--set", [f"{where}: no list item {part!r} (list has {len(node)})"]
-                )
-            node = node[int(part)]
-        else:
-            node = node.setdefault(part, {})
-        if not isinstance(node, dict | list):
-            raise RecipeError("--set", [f"{where} is a value ({_shown(node)}), not a table"])
-    last = path[-1]
-    dotted = ".".join(path)
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise RecipeError("--set", [f"{dotted}: no list item {last!r} (list has {len(node)})"])
-        index: Any = int(last)
-        current = node[index]
-    else:
-        index = last
-        current = node.get(last)
-    if isinstance(value, dict) and isinstance(current, dict) and value:
-        done = []
-        for k, v in value.items():
-            done += apply_override(current, [k], v)
-        return [f"{dotted}.{k}" for k in done]
-    node[index] = value
-    return [dotted]
-
-
-def load_toml(path: Path) -> tuple[dict[str, Any], str]:
-    if not path.exists():
-        where = path.resolve().parent
-        near = [p.name for p in where.glob("*.toml")] if where.is_dir() else []
-        hint = did_you_mean(path.name, near)
-        raise RecipeError(str(path), [f"file not found (looked in {where}){hint}"])
-    if path.is_dir():
-        raise RecipeError(str(path), ["is a directory; give a recipe .toml file"])
-    text = path.read_text(encoding="utf-8")
-    try:
-        return tomllib.loads(text), text
-    except tomllib.TOMLDecodeError as e:
-        raise RecipeError(str(path), [f"not valid TOML: {e}"]) from None
-
-
-# ---------------------------------------------------------------- error messages
-def _describe_expected(err: dict[str, Any]) -> str:
-    msg = err.get("msg", "")
-    ctx = err.get("ctx") or {}
-    if err["type"] == "literal_error" and "expected" in ctx:
-        return f"expected one of {ctx['expected']}"
-    msg = msg.removeprefix("Value error, ")
-    return msg[0].lower() + msg[1:] if msg else err["type"]
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (nested) model found at ``loc``, for 'did you mean' hints."""
-    cls: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-            return []
-        field = cls.model_fields.get(part)
-        if field is None:
-            return []
-        cls = field.annotation
-        while get_origin(cls) is not None:
-            args = [a for a in get_args(cls) if isinstance(a, type) and issubclass(a, BaseModel)]
-            if not args:
-                return []
-            cls = args[0]
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return list(cls.model_fields)
-    return []
-
-
-def _format_loc(prefix: str, loc: tuple[Any, ...]) -> str:
-    parts = [prefix] if prefix else []
-    parts += [str(p) for p in loc]
-    return ".".join(parts) or "(top level)"
-
-
-def _shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, shortened when long (a 10,000-character name is not worth echoing)."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters"
-    return f"{text[: limit - 20]}... ({size})"
-
-
-def format_validation_errors(
-    exc: ValidationError, model: type[BaseModel], prefix: str = ""
-) -> list[str]:
-    problems = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        value = err.get("input")
-        if loc and loc[-1] == "[key]":  # a dict key (a tag's) that is not allowed
-            where = _format_loc(prefix, loc[:-2])
-            problems.append(f"{where}: key {_shown(value)}: {_describe_expected(err)}")
-            continue
-        where = _format_loc(prefix, loc)
-        if err["type"] == "extra_forbidden":
-            known = _fields_at(model, loc[:-1])
-            hint = did_you_mean(str(loc[-1]), known)
-            msg = f"{where} = {_shown(value)}: unknown key{hint}"
-            if not hint and known:
-                msg += f"; allowed keys here: {', '.join(known)}"
-            problems.append(msg)
-        elif err["type"] == "missing":
-            problems.append(f"{where}: required key is missing")
-        else:
-            problems.append(f"{where} = {_shown(value)}: {_describe_expected(err)}")
-    return problems
-
-
 # ---------------------------------------------------------------- entry point
 def component_refs(recipe: Recipe) -> list[tuple[str, str, ComponentRef]]:
     """(key path, kind, ref) of every component a recipe names."""
@@ -689,53 +441,6 @@ def load_recipe(
             for p in e.problems
         ]
         raise RecipeError(e.source, problems) from None
-
-
-def json_schema(registry: Registry) -> dict[str, Any]:
-    """The recipe's JSON schema, with each component slot narrowed to the registered names
-    and each name's own params schema, so editors catch a typo in ``params`` too."""
-    schema = Recipe.model_json_schema()
-    defs = schema.setdefault("$defs", {})
-
-    def slot(kind: str) -> dict[str, Any]:
-        options = []
-        for name in registry.names(kind):
-            comp = registry.get(kind, name)
-            params = comp.params.model_json_schema(ref_template=f"#/$defs/{kind}.{name}.{{model}}")
-            for key, sub in params.pop("$defs", {}).items():
-                defs[f"{kind}.{name}.{key}"] = sub
-            options.append(
-                {
-                    "type": "object",
-                    "description": comp.description,
-                    "properties": {"name": {"const": name}, "params": params},
-                    "required": ["name"],
-                    "additionalProperties": False,
-                }
-            )
-        return {"oneOf": options} if options else {"$ref": "#/$defs/ComponentRef"}
-
-    props = schema["properties"]
-    props["data"] = slot("dataset")
-    loading = {
-        k: v for k, v in defs["DataRef"]["properties"].items() if k not in ("name", "params")
-    }
-    for option in props["data"].get("oneOf", []):
-        option["properties"].update(loading)
-    props["loss"] = slot("loss")
-    props["regularizers"]["items"] = slot("regularizer")
-    props["callbacks"]["items"] = slot("callback")
-    props["report"]["items"] = slot("report")
-    defs["Model"]["properties"] = {
-        "generator": slot("generator"),
-        "discriminator": slot("discriminator"),
-    }
-    metric = slot("metric")
-    prefix = defs["MetricRef"]["properties"]["prefix"]
-    for option in metric.get("oneOf", []):
-        option["properties"]["prefix"] = prefix
-    defs["Evaluate"]["properties"]["metrics"]["items"] = metric
-    return schema
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
