@@ -26,7 +26,7 @@ Every variant starts from deep copies of the same freshly built nets (the same i
 weights) and the same RNG seed.
 
 Method: a plugin implementing ``gan_pipe_on_train_step`` (registered like any third-party
-plugin, through ``load_plugins(extra=...)``) reads ``time.perf_counter()`` after generator step
+plugin, through ``PluginHost.load(extra=...)``) reads ``time.perf_counter()`` after generator step
 K (the end of the warm-up) and after step K + W; the bare loop reads the clock at the same
 points. On CUDA the clock is read after ``torch.cuda.synchronize()`` at those two steps only.
 The step time is (t[K + W] - t[K]) / W: a mean over a window, not a median of single steps,
@@ -74,8 +74,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_pipe import hookimpl
-from gan_pipe.facade import Plugins
-from gan_pipe.manager import load_plugins
+from gan_pipe.host import PluginHost
 from gan_pipe.recipe import load_recipe
 from gan_pipe.runner import new_context, pick_device
 from gan_pipe.tracking import Tracker
@@ -293,7 +292,7 @@ def main() -> None:
         f'experiment.device="{args.device}"',
     ]
     clock = StepClock()
-    plugins = Plugins(load_plugins(extra=[(clock, "bench-step-clock")]))
+    plugins = PluginHost.load(extra=[(clock, "bench-step-clock")])
     resolved = load_recipe(args.recipe, plugins.registry, overrides)
     check_supported(resolved)
     recipe, cfg = resolved.recipe, resolved.recipe.train

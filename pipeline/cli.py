@@ -42,13 +42,12 @@ def _err(msg: str) -> None:
 
 def _plugins():
     """Every command's plugins: built-ins plus installed packages, broken ones warned about."""
-    from .facade import Plugins
-    from .manager import failure_lines, load_plugins
+    from .host import PluginHost
 
-    ps = load_plugins()
-    for line in failure_lines(ps):
+    host = PluginHost.load()
+    for line in host.failure_lines():
         typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
-    return Plugins(ps)
+    return host
 
 
 def _load(recipe: Path, overrides: list[str] | None):
@@ -253,9 +252,9 @@ def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """List plugins, their versions and the components each provides."""
-    from .manager import failure_lines, load_plugins
+    from .host import PluginHost
 
-    ps = load_plugins()
+    ps = PluginHost.load()
     infos = ps.describe(include_builtin=builtin)
     if as_json:
         out = [
@@ -290,7 +289,7 @@ def plugins(
                     default = field.get_default(call_default_factory=True)
                     help_ = f"  {field.description}" if field.description else ""
                     typer.echo(f"        {fname} = {default!r}{help_}")
-    for line in failure_lines(ps):
+    for line in ps.failure_lines():
         typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
 
 
@@ -304,9 +303,9 @@ class _ScoreCommand(typer.core.TyperCommand):
 
 def _score_help(text: str) -> str:
     try:
-        from .manager import load_plugins
+        from .host import PluginHost
 
-        registry = load_plugins().registry
+        registry = PluginHost.load().registry
         metrics, datasets = registry.names("metric"), registry.names("dataset")
     except Exception:  # noqa: BLE001 - the help must show even when a plugin is broken
         metrics = datasets = ["(see gan-pipe plugins)"]
@@ -511,13 +510,13 @@ def new_plugin(
     ] = None,
 ) -> None:
     """Write a plugin package: one working component, a recipe using it, tests, pyproject."""
-    from .manager import load_plugins
+    from .host import PluginHost
     from .scaffold import SCAFFOLD_KINDS, check_name, fields, new_plugin
 
     try:
         check_name(name, kind)
         target = directory or Path(fields(name, kind)["dist"])
-        registered = load_plugins().registry.names(SCAFFOLD_KINDS[kind][1])
+        registered = PluginHost.load().registry.names(SCAFFOLD_KINDS[kind][1])
         files = new_plugin(name, kind, target, registered)
     except UserError as e:
         raise _fail(e) from None
@@ -589,10 +588,10 @@ def sync(
 @app.command()
 def schema() -> None:
     """Print the JSON schema of recipes, component params included (for editors)."""
-    from .manager import load_plugins
+    from .host import PluginHost
     from .recipe_schema import json_schema
 
-    typer.echo(json.dumps(json_schema(load_plugins().registry), indent=2))
+    typer.echo(json.dumps(json_schema(PluginHost.load().registry), indent=2))
 
 
 def version_callback(value: bool) -> None:

@@ -1,22 +1,23 @@
 """Typed objects that cross the plugin boundary.
 
 torch is imported lazily by the code that builds these objects; this module only names the
-types, so importing it (and listing plugins) stays fast.
+types, so importing it (and listing plugins) stays fast. It imports nothing of gan-pipe at
+import time either (``tests/test_context.py`` holds it to that): the other core modules
+import it, never the reverse, so it can be read first and alone.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .callback_list import CallbackList
-
 if TYPE_CHECKING:
     import torch
 
+    from .callback_list import CallbackList
     from .dataloading import Rows
-    from .facade import Plugins
     from .recipe import Recipe
     from .registry import Component
     from .tracking import Tracker
@@ -268,12 +269,51 @@ class Callback(Protocol):
     def generator(self) -> torch.nn.Module | None: ...
 
 
+class StageHooks(Protocol):
+    """The plugin hooks a run calls, typed: ``ctx.hooks``. gan-pipe's
+    :class:`~gan_pipe.host.PluginHost` is one; a test may pass a stub.
+
+    ``data``, ``build`` and ``train`` return the first non-None result of their hook (an error
+    when no plugin implements the stage); ``evaluate`` merges every ``gan_pipe_evaluate``
+    result (a key two of them return is an error); the others call every implementation.
+    ``has_step_listeners()`` says whether any plugin implements ``gan_pipe_on_train_step``
+    (the trainer skips the call per step when none does)."""
+
+    def data(self, ctx: RunContext) -> Any: ...
+
+    def build(self, ctx: RunContext) -> Any: ...
+
+    def train(self, ctx: RunContext) -> Any: ...
+
+    def evaluate(self, ctx: RunContext) -> dict[str, float]: ...
+
+    def report(self, ctx: RunContext) -> None: ...
+
+    def on_train_step(self, ctx: RunContext, step: int) -> None: ...
+
+    def on_train_end(self, ctx: RunContext) -> None: ...
+
+    def on_stage_error(self, ctx: RunContext, stage: str, error: BaseException) -> None: ...
+
+    def has_step_listeners(self) -> bool: ...
+
+
+def _no_callbacks() -> CallbackList:
+    from .callback_list import CallbackList  # when a context is made: importing stays bare
+
+    return CallbackList()
+
+
 @dataclass
 class RunContext:
-    """Everything one run knows; handed to every stage hook, metric and report."""
+    """Everything one run knows; handed to every stage hook, metric and report.
+
+    ``hooks`` makes the typed calls into the plugin hooks (:class:`StageHooks`); the
+    components the recipe names are resolved already, in ``components`` and ``params``.
+    """
 
     recipe: Recipe
-    plugins: Plugins
+    hooks: StageHooks
     tracker: Tracker
     device: torch.device
     components: dict[str, Component] = field(default_factory=dict)
@@ -284,7 +324,7 @@ class RunContext:
     loss: GanLoss | None = None
     regularizers: list[Any] = field(default_factory=list)
     #: The recipe's ``[[callbacks]]``, built and set up by the build stage.
-    callbacks: CallbackList = field(default_factory=CallbackList)
+    callbacks: CallbackList = field(default_factory=_no_callbacks)
     noise: Callable[[int], torch.Tensor] | None = None
     step: int = 0
     #: ``{"train/d_loss": [(step, value), ...]}``: what was logged during training.
@@ -295,6 +335,19 @@ class RunContext:
     #: ``f"{ctx.eval_dir}/parzen_sigma_search.json"`` (``eval/step-0001500``; see
     #: :mod:`gan_pipe.evaluation`).
     eval_dir: str = "eval"
+
+    @property
+    def plugins(self) -> Any:
+        """Deprecated since 1.0 (``DeprecationWarning``), kept for one release: ``ctx.hooks``
+        for the typed hook calls; the registry is ``gan_pipe.host.PluginHost.registry``, and a
+        stage builds what the recipe names from ``ctx.components`` and ``ctx.params``. In a
+        run this is still the plugin host (``ctx.plugins.registry`` works)."""
+        warnings.warn(
+            "RunContext.plugins is deprecated: use ctx.hooks for the typed hook calls",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.hooks
 
     def generate(self, n: int, batch_size: int = 1000) -> torch.Tensor:
         """``n`` generator samples in data space (eval mode, no grad), on ``self.device``.

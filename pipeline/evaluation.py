@@ -133,7 +133,7 @@ def evaluate(ctx: RunContext, eval_dir: str | None = None) -> dict[str, float]:
             ctx.callbacks.evaluating(ctx) as done,  # the generator a callback provides
             eval_mode(ctx.generator),
         ):
-            results: Any = ctx.plugins.evaluate(ctx)
+            results: Any = ctx.hooks.evaluate(ctx)
             done(dict(results or {}))
     finally:
         ctx.eval_dir = previous

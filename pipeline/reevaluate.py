@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import RecipeError, UserError
 from .evaluation import evaluate_and_log
-from .facade import Plugins
+from .host import PluginHost
 from .liveness import ERROR_TAGS, liveness, refuse_if_alive, stale_message
 from .recipe import ResolvedRecipe, apply_override, parse_override, resolve
 from .runner import RunResult, execute, new_context, pick_device, seed_everything
@@ -88,7 +88,7 @@ def load_checkpoint(tracker: Tracker, tmp: str) -> dict[str, Any]:
 
 
 def load_logged_run(
-    run_id: str, plugins: Plugins, edit: Callable[[dict[str, Any]], None], command: str
+    run_id: str, plugins: PluginHost, edit: Callable[[dict[str, Any]], None], command: str
 ) -> tuple[Tracker, ResolvedRecipe, dict[str, Any]]:
     """(attached tracker, the run's resolved recipe after ``edit``, its last checkpoint)."""
     from mlflow.exceptions import MlflowException
@@ -136,7 +136,7 @@ def _overrides(items: list[str] | None, allowed: tuple[str, ...], command: str):
 
 def reevaluate(
     run_id: str,
-    plugins: Plugins,
+    plugins: PluginHost,
     metrics: list[str] | None = None,
     overrides: list[str] | None = None,
 ) -> tuple[dict[str, float], int]:
@@ -187,7 +187,7 @@ def _store() -> str:
 
 def resume(
     run_id: str,
-    plugins: Plugins,
+    plugins: PluginHost,
     steps: int | None = None,
     overrides: list[str] | None = None,
     on_stage: Callable[[str], None] | None = None,

@@ -22,7 +22,7 @@ from . import __version__
 from .context import RunContext
 from .errors import UserError
 from .evaluation import evaluate_and_log
-from .facade import Plugins
+from .host import PluginHost
 from .recipe import ResolvedRecipe, flatten
 from .tracking import Tracker
 
@@ -110,7 +110,7 @@ def git_commit(where: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def run_tags(resolved: ResolvedRecipe, plugins: Plugins, device: Any) -> dict[str, str]:
+def run_tags(resolved: ResolvedRecipe, plugins: PluginHost, device: Any) -> dict[str, str]:
     """Versions, device, commit, and which plugin (and distribution) gave each component."""
     import torch
 
@@ -123,7 +123,7 @@ def run_tags(resolved: ResolvedRecipe, plugins: Plugins, device: Any) -> dict[st
     for path, comp in resolved.components.items():
         replaces = f", replaces {comp.replaces}" if comp.replaces else ""
         tags[f"gan_pipe.component.{path}"] = f"{comp.name} (plugin {comp.plugin}{replaces})"
-        info = plugins.set.infos.get(comp.plugin)
+        info = plugins.infos.get(comp.plugin)
         if info is not None:
             tags[f"gan_pipe.provider.{path}"] = (
                 f"{info.distribution}=={info.version} ({comp.plugin})"
@@ -196,12 +196,12 @@ def run_params(resolved_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def new_context(
-    resolved: ResolvedRecipe, plugins: Plugins, tracker: Any, device: Any
+    resolved: ResolvedRecipe, plugins: PluginHost, tracker: Any, device: Any
 ) -> RunContext:
     """The context every stage of one run (or one re-evaluation) shares."""
     return RunContext(
         recipe=resolved.recipe,
-        plugins=plugins,
+        hooks=plugins,
         tracker=tracker,
         device=device,
         components=resolved.components,
@@ -222,7 +222,7 @@ def recipe_as_run(resolved: ResolvedRecipe) -> str:
 
 def run(
     resolved: ResolvedRecipe,
-    plugins: Plugins,
+    plugins: PluginHost,
     on_stage: Callable[[str], None] | None = None,
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
@@ -282,7 +282,7 @@ def execute(
     on_stage: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run the five stages in ``ctx``'s open MLflow run and close it with the true status."""
-    plugins, tracker = ctx.plugins, ctx.tracker
+    plugins, tracker = ctx.hooks, ctx.tracker
     stage = "setup"
     started = time.perf_counter()
     perf: dict[str, float] = {}

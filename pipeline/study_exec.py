@@ -50,8 +50,7 @@ def run_seed(task: SeedTask) -> SeedOutcome:
     """Run one seed of one variant; never raises for a failed run (it is recorded FAILED)."""
     import torch
 
-    from .facade import Plugins
-    from .manager import load_plugins
+    from .host import PluginHost
     from .recipe import load_recipe
     from .runner import run
 
@@ -66,7 +65,7 @@ def run_seed(task: SeedTask) -> SeedOutcome:
         f"train.progress={toml_value(task.progress)}",
     ]
     try:
-        plugins = Plugins(load_plugins())
+        plugins = PluginHost.load()
         with tempfile.TemporaryDirectory(prefix="gan-pipe-seed-") as tmp:
             path = Path(tmp) / task.recipe_name
             path.write_text(task.recipe_text, encoding="utf-8")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .facade import Plugins
+from .host import PluginHost
 from .stats import Summary
 from .study import (
     KIND_SEED,
@@ -224,7 +224,7 @@ def seed_tasks(
 
 def run_study(
     spec: StudySpec,
-    plugins: Plugins,
+    plugins: PluginHost,
     opts: Options,
     echo: Callable[[str], None] = print,
 ) -> StudyResult:

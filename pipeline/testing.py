@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import PluginError
 from .evaluation import MemoryTracker, SampleContext
-from .facade import Plugins
-from .manager import PluginSet, load_plugins
+from .host import PluginHost
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ def registry_of(*plugins: Any) -> Registry:
     path ``gan-pipe`` uses for entry points, after the built-ins: so a misspelt hook, an
     unknown ``register`` keyword, bad params, a name clash with a built-in (or between
     ``plugins``) and a ``replaces=`` with nothing to replace raise :class:`PluginError`."""
-    ps = PluginSet()
+    ps = PluginHost()
     ps.load_builtins()
     names = set()
     for i, plugin in enumerate(plugins):
@@ -54,12 +53,13 @@ def registry_of(*plugins: Any) -> Registry:
     return out
 
 
-def plugins_with(*plugins: Any) -> Plugins:
-    """The built-in plugins plus ``plugins``, without installed entry points: pass the result
-    to :func:`gan_pipe.runner.run` with a recipe from :func:`gan_pipe.recipe.load_recipe`.
-    Any failure of ``plugins`` raises, a refused component included."""
+def plugins_with(*plugins: Any) -> PluginHost:
+    """The built-in plugins plus ``plugins``, without installed entry points: a
+    :class:`~gan_pipe.host.PluginHost`, to pass to :func:`gan_pipe.runner.run` with a recipe
+    from :func:`gan_pipe.recipe.load_recipe` (``host.registry``). Any failure of ``plugins``
+    raises, a refused component included."""
     extra = [(p, _name(p, i)) for i, p in enumerate(plugins)]
-    return Plugins(load_plugins(entry_points=False, extra=extra))
+    return PluginHost.load(entry_points=False, extra=extra)
 
 
 def metric_context(

@@ -472,7 +472,7 @@ class Trainer:
     def _loop(self) -> None:
         """The step loop: train a step, announce it, log it; callbacks do the rest."""
         ctx, cfg = self.ctx, self.cfg
-        listeners = ctx.plugins.has_step_listeners()
+        listeners = ctx.hooks.has_step_listeners()
         step = self.start_step
         while step < self.steps:
             step += 1
@@ -484,7 +484,7 @@ class Trainer:
             self._train_step()
             ctx.step = step
             if listeners:
-                ctx.plugins.on_train_step(ctx, step)
+                ctx.hooks.on_train_step(ctx, step)
             ctx.callbacks.on_step(ctx, step)
             self._in_step = False
             if (step % cfg.log_every == 0 or step == self.steps) and not self._log(step):

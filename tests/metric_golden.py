@@ -71,18 +71,16 @@ def _context(dataset: Any, fake: Any, tmp: Path) -> Any:
 
 
 def _dataset(name: str, **params: Any) -> Any:
-    from gan_pipe.facade import Plugins
-    from gan_pipe.manager import load_plugins
+    from gan_pipe.host import PluginHost
 
-    comp = Plugins(load_plugins(entry_points=False)).registry.get("dataset", name)
+    comp = PluginHost.load(entry_points=False).registry.get("dataset", name)
     return comp.factory(comp.params.model_validate(params))
 
 
 def _metric(name: str, **params: Any) -> Any:
-    from gan_pipe.facade import Plugins
-    from gan_pipe.manager import load_plugins
+    from gan_pipe.host import PluginHost
 
-    comp = Plugins(load_plugins(entry_points=False)).registry.get("metric", name)
+    comp = PluginHost.load(entry_points=False).registry.get("metric", name)
     return comp.factory(comp.validate_params(params))
 
 
@@ -137,15 +135,14 @@ def run_case(tmp: Path) -> dict[str, Any]:
 
     from mlflow.tracking import MlflowClient
 
-    from gan_pipe.facade import Plugins
-    from gan_pipe.manager import load_plugins
+    from gan_pipe.host import PluginHost
     from gan_pipe.recipe import load_recipe
     from gan_pipe.runner import run
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     path = tmp / "golden.toml"
     path.write_text(RUN)
-    plugins = Plugins(load_plugins(entry_points=False))
+    plugins = PluginHost.load(entry_points=False)
     result = run(load_recipe(path, plugins.registry), plugins)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     metrics = client.get_run(result.run_id).data.metrics

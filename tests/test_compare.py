@@ -392,8 +392,7 @@ n_points = 200
 
 def _real_study(recipe, lrs, seeds):
     """A study of real tiny runs: a variant run per lr, a seed run per seed under each."""
-    from gan_pipe.facade import Plugins
-    from gan_pipe.manager import load_plugins
+    from gan_pipe.host import PluginHost
     from gan_pipe.recipe import load_recipe
     from gan_pipe.runner import run
 
@@ -401,7 +400,7 @@ def _real_study(recipe, lrs, seeds):
     exp = exp_of("tiny-ring")  # the recipe's experiment: the whole tree lives in one
     tags = {"gan_pipe.kind": "study", "gan_pipe.study": "real"}
     sid = c.create_run(exp, run_name="real", tags=tags).info.run_id
-    plugins = Plugins(load_plugins())
+    plugins = PluginHost.load()
     for lr in lrs:
         common = {"gan_pipe.study": "real", "gan_pipe.variant_key": f"lr{lr}"}
         tags = {PARENT: sid, "gan_pipe.kind": "variant", "gan_pipe.variant": f"lr={lr}", **common}

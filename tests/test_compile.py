@@ -43,7 +43,7 @@ def _trainer(compile: bool, steps: int = 6) -> Trainer:
     )
     ctx = RunContext(
         recipe=recipe,
-        plugins=types.SimpleNamespace(has_step_listeners=lambda: False),
+        hooks=types.SimpleNamespace(has_step_listeners=lambda: False),
         tracker=MemoryTracker(),
         device=torch.device("cpu"),
     )

@@ -20,7 +20,7 @@ class Counting(torch.nn.Module):
 
 
 def _ctx():
-    ctx = RunContext(recipe=None, plugins=None, tracker=None, device=torch.device("cpu"))
+    ctx = RunContext(recipe=None, hooks=None, tracker=None, device=torch.device("cpu"))
     ctx.generator = Counting()
     ctx.noise = lambda n, generator=None: torch.randn(n, 2)
     ctx.dataset = Dataset("d", train=torch.zeros(4, 2))
@@ -44,3 +44,39 @@ def test_samples_are_shared_within_a_step_and_redrawn_after():
     ctx.step = 5
     c = ctx.generate(60)
     assert ctx.generator.calls == 3 and not torch.equal(c, b)
+
+
+def test_importing_context_loads_no_other_core_module():
+    """context.py names the types that cross the plugin boundary; the core imports it, never
+    the reverse (no circle through the plugin host)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gan_pipe.context; "
+        "print(*sorted(m for m in sys.modules if m.split('.')[0] == 'gan_pipe'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["gan_pipe", "gan_pipe.context"]
+
+
+def test_context_imports_the_core_only_for_type_checking():
+    """Every module-level import of a gan_pipe module in context.py sits under TYPE_CHECKING,
+    and none names the plugin host (or its deprecated aliases), even there."""
+    import ast
+    import inspect
+
+    import gan_pipe.context
+
+    tree = ast.parse(inspect.getsource(gan_pipe.context))
+    typing_only, runtime = [], []
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            typing_only += [n for n in node.body if isinstance(n, ast.ImportFrom)]
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            runtime.append(node)
+    core = [n for n in runtime if isinstance(n, ast.ImportFrom) and n.level > 0]
+    core += [n for n in runtime if "gan_pipe" in ast.unparse(n)]
+    assert core == [], [ast.unparse(n) for n in core]
+    names = {n.module for n in typing_only}
+    assert names and not names & {"host", "facade", "manager"}, names

@@ -59,7 +59,7 @@ def test_every_context_provides_what_the_protocols_list():
     assert _fields(EvalContext) < want
     ds = S.ring(S.RingParams(n_train=50, n_val=10, n_test=10))
     contexts = [
-        RunContext(recipe=None, plugins=None, tracker=MemoryTracker(), device="cpu"),
+        RunContext(recipe=None, hooks=None, tracker=MemoryTracker(), device="cpu"),
         ScoreContext(dataset=ds, device=torch.device("cpu"), fake=ds.train),
         metric_context(ds, fake=ds.train),
     ]
@@ -103,7 +103,7 @@ def test_metric_context_with_a_generator_restores_every_submodules_mode():
 def test_run_context_and_feature_extraction_restore_modes_too():
     ds = S.ring(S.RingParams(n_train=20, n_val=0, n_test=0))
     g = _gen()
-    ctx = RunContext(recipe=None, plugins=None, tracker=MemoryTracker(), device="cpu")
+    ctx = RunContext(recipe=None, hooks=None, tracker=MemoryTracker(), device="cpu")
     ctx.dataset, ctx.generator, ctx.noise = ds, g, lambda n: torch.randn(n, 4)
     assert ctx.generate(7).shape == (7, 2)
     assert g.training and not g.frozen.training
@@ -141,9 +141,10 @@ class _Tracker(MemoryTracker):
 @pytest.mark.parametrize("final", [True, False])
 def test_evaluate_and_log_prefixes_logs_and_records(final):
     seen = []
-    plugins = SimpleNamespace(evaluate=lambda ctx: seen.append(ctx.eval_dir) or {"kl": 0.5})
+    hooks = SimpleNamespace(evaluate=lambda ctx: seen.append(ctx.eval_dir) or {"kl": 0.5})
     recipe = SimpleNamespace(experiment=SimpleNamespace(seed=1))
-    ctx = RunContext(recipe, plugins, _Tracker(), torch.device("cpu"), step=7)
+    cpu = torch.device("cpu")
+    ctx = RunContext(recipe=recipe, hooks=hooks, tracker=_Tracker(), device=cpu, step=7)
     assert evaluate_and_log(ctx, final=final) == {"kl": 0.5}
     assert seen == ["eval/step-0000007"] and ctx.eval_dir == "eval"
     assert ctx.tracker.logged == [({"eval/kl": 0.5}, 7)]

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from gan_pipe.cli import app
 from gan_pipe.context import LossInputs
-from gan_pipe.manager import load_plugins
+from gan_pipe.host import PluginHost
 
 from .conftest import write
 from .test_cli import TINY
@@ -22,7 +22,7 @@ def _bce(logit: float, target: float) -> float:
 
 
 def test_relativistic_average_loss_matches_its_formula():
-    comp = load_plugins().registry.get("loss", "relativistic-average")
+    comp = PluginHost.load().registry.get("loss", "relativistic-average")
     loss = comp.factory(comp.params())
     r, f = torch.tensor([1.0, 3.0]), torch.tensor([-1.0, 0.0])  # means 2.0 and -0.5
     critic = torch.nn.Identity()

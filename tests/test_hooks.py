@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gan_pipe import hookimpl, hookspecs
-from gan_pipe.manager import REGISTER_HOOKS
+from gan_pipe.host import REGISTER_HOOKS
 from gan_pipe.recipe import load_recipe
 from gan_pipe.runner import run
 from gan_pipe.testing import plugins_with

@@ -12,7 +12,7 @@ import typing
 
 from pydantic import BaseModel
 
-from gan_pipe.manager import load_plugins
+from gan_pipe.host import PluginHost
 
 #: A description ending in one of these was cut (e.g. a docstring's first line only).
 CUT_ENDINGS = (";", ",", ":", "(")
@@ -83,7 +83,7 @@ def test_checker_flags_undocumented_fields():
 
 
 def test_every_component_and_param_is_documented():
-    ps = load_plugins()
+    ps = PluginHost.load()
     components = list(ps.registry)
     assert components, "no components registered"
     failures = [f for comp in components for f in _component_failures(comp)]

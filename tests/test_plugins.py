@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from gan_pipe import hookimpl
 from gan_pipe.errors import PluginError, UserError
-from gan_pipe.manager import DEFAULT_PLUGINS, failure_lines, load_plugins
+from gan_pipe.host import DEFAULT_PLUGINS, PluginHost
 from gan_pipe.testing import plugins_with, registry_of
 
 
@@ -22,7 +22,7 @@ def _plugin(name, hooks):
 
 
 def test_builtins_register_through_hooks():
-    ps = load_plugins(entry_points=False)
+    ps = PluginHost.load(entry_points=False)
     assert set(ps.infos) == set(DEFAULT_PLUGINS)
     reg = ps.registry
     assert reg.get("generator", "dcgan").plugin == "gan_pipe.plugins.models.dcgan"
@@ -36,7 +36,7 @@ def test_builtins_register_through_hooks():
 def test_duplicate_name_names_both_plugins():
     dup = _plugin("dup", {"register_losses": lambda register: register("minimax", object)})
     with pytest.raises(PluginError) as info:
-        load_plugins(entry_points=False, extra=[(dup, "my-dup-plugin")])
+        PluginHost.load(entry_points=False, extra=[(dup, "my-dup-plugin")])
     msg = str(info.value)
     assert "gan_pipe.plugins.losses.bce" in msg and "my-dup-plugin" in msg
 
@@ -44,17 +44,17 @@ def test_duplicate_name_names_both_plugins():
 def test_architecture_needs_role():
     bad = _plugin("bad", {"register_architectures": lambda register: register("x", object)})
     with pytest.raises(PluginError, match="role"):
-        load_plugins(entry_points=False, extra=[(bad, "bad")])
+        PluginHost.load(entry_points=False, extra=[(bad, "bad")])
 
 
 def test_params_must_be_pydantic():
     bad = _plugin("bad", {"register_losses": lambda register: register("x", object, params=dict)})
     with pytest.raises(PluginError, match="pydantic"):
-        load_plugins(entry_points=False, extra=[(bad, "bad")])
+        PluginHost.load(entry_points=False, extra=[(bad, "bad")])
 
 
 def test_unknown_component_error_lists_close_matches():
-    reg = load_plugins(entry_points=False).registry
+    reg = PluginHost.load(entry_points=False).registry
     with pytest.raises(UserError, match="did you mean 'minimax'"):
         reg.get("loss", "minmax")
 
@@ -103,7 +103,7 @@ def fake_eps(monkeypatch):
 
 
 def test_broken_entry_point_is_reported_and_skipped(fake_eps):
-    ps = load_plugins()
+    ps = PluginHost.load()
     assert ps.registry.get("loss", "good-loss").plugin == "good"
     assert ps.infos["good"].distribution == "good-gan" and ps.infos["good"].version == "9.9"
     names = {f.name: f for f in ps.failures}
@@ -113,7 +113,7 @@ def test_broken_entry_point_is_reported_and_skipped(fake_eps):
     # The duplicate did not replace the built-in; only its one component was refused.
     assert ps.registry.get("loss", "minimax").plugin == "gan_pipe.plugins.losses.bce"
     assert names["broken"].skipped and not names["dup"].skipped
-    lines = failure_lines(ps)
+    lines = ps.failure_lines()
     assert any("'broken-gan'" in line and "skipped" in line for line in lines)
 
 
@@ -121,18 +121,18 @@ def test_strict_mode_reraises(fake_eps, monkeypatch):
     fake_eps.remove(fake_eps[0])
     monkeypatch.setenv("GAN_PIPE_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match="registered by plugin 'gan_pipe.plugins.losses.bce'"):
-        load_plugins()
+        PluginHost.load()
 
 
 def test_strict_mode_reraises_import_errors(fake_eps, monkeypatch):
     monkeypatch.setenv("GAN_PIPE_STRICT_PLUGINS", "1")
     with pytest.raises(ImportError, match="tensorflow"):
-        load_plugins()
+        PluginHost.load()
 
 
 def test_disable_list(fake_eps, monkeypatch):
     monkeypatch.setenv("GAN_PIPE_DISABLE_PLUGINS", "broken-gan,dup")
-    ps = load_plugins()
+    ps = PluginHost.load()
     assert ps.failures == [] and "good" in ps.infos
 
 
@@ -140,7 +140,7 @@ def test_installed_example_package_is_found_by_entry_point():
     """examples/gan-pipe-relativistic is pip-installed by the Makefile, as a user would."""
     eps = {ep.name for ep in metadata.entry_points(group="gan_pipe")}
     assert "relativistic" in eps, "run `make install` (it installs examples/gan-pipe-relativistic)"
-    ps = load_plugins()
+    ps = PluginHost.load()
     comp = ps.registry.get("loss", "relativistic-average")
     assert comp.plugin == "relativistic"
     assert ps.infos["relativistic"].distribution == "gan-pipe-relativistic"
@@ -153,7 +153,7 @@ def test_listing_plugins_imports_no_heavy_library():
     import sys
 
     code = (
-        "import sys; from gan_pipe.manager import load_plugins; load_plugins(); "
+        "import sys; from gan_pipe.host import PluginHost; PluginHost.load(); "
         "print(sorted(m for m in ('torch', 'mlflow', 'matplotlib', 'scipy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -202,7 +202,7 @@ def _entry_points(monkeypatch, *eps):
 
 def test_a_clash_refuses_only_that_component_and_names_both_providers(monkeypatch):
     _entry_points(monkeypatch, _EP("clashy", _clashy, "clashy-gan"))
-    ps = load_plugins()
+    ps = PluginHost.load()
     assert ps.registry.get("loss", "clashy-loss").plugin == "clashy"
     assert ps.registry.get("loss", "hinge").plugin == "gan_pipe.plugins.losses.other"
     assert ps.infos["clashy"].components == ["loss:clashy-loss"]
@@ -214,7 +214,7 @@ def test_a_clash_refuses_only_that_component_and_names_both_providers(monkeypatc
         "replaces='hinge'",
     ):
         assert provider in failure.error
-    (line,) = failure_lines(ps)
+    (line,) = ps.failure_lines()
     assert "other components are loaded" in line and "skipped" not in line
 
 
@@ -231,7 +231,7 @@ def test_replaces_swaps_a_builtin_and_gan_pipe_plugins_shows_it(monkeypatch):
     from gan_pipe.cli import app
 
     _entry_points(monkeypatch, _EP("better-hinge", _replacing, "better-hinge-gan"))
-    ps = load_plugins()
+    ps = PluginHost.load()
     assert ps.failures == []
     comp = ps.registry.get("loss", "hinge")
     assert comp.plugin == "better-hinge" and comp.replaces == "gan_pipe.plugins.losses.other"
@@ -275,7 +275,7 @@ def test_replacing_a_missing_component_is_an_error(monkeypatch):
         )
 
     _entry_points(monkeypatch, _EP("missing", missing, "missing-gan"))
-    ps = load_plugins()
+    ps = PluginHost.load()
     (failure,) = ps.failures
     assert "replaces a loss 'hinj', but no plugin registered one; did you mean 'hinge'" in (
         failure.error
@@ -297,7 +297,7 @@ def test_a_misspelt_register_hook_fails_naming_the_plugin(monkeypatch):
         return _plugin("typo", {"register_loss": lambda register: register("t", object)})
 
     _entry_points(monkeypatch, _EP("typo", typo, "typo-gan"))
-    ps = load_plugins()
+    ps = PluginHost.load()
     (failure,) = ps.failures
     assert failure.skipped and failure.distribution == "typo-gan"
     assert "plugin 'typo' implements 'register_loss', which is not a gan-pipe hook" in failure.error

@@ -26,8 +26,7 @@ from typer.testing import CliRunner
 
 from gan_pipe.cli import app
 from gan_pipe.errors import RecipeError
-from gan_pipe.facade import Plugins
-from gan_pipe.manager import load_plugins
+from gan_pipe.host import PluginHost
 from gan_pipe.recipe import (
     RESERVED_TAG_KEYS,
     RESERVED_TAG_PREFIXES,
@@ -53,7 +52,7 @@ DATA = {name: tomllib.loads(text) for name, text in TEXTS.items()}
 
 @pytest.fixture(scope="module")
 def registry():
-    return Plugins(load_plugins(entry_points=False)).registry
+    return PluginHost.load(entry_points=False).registry
 
 
 # ---------------------------------------------------------------- strategies

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gan_pipe.errors import RecipeError
-from gan_pipe.facade import Plugins
-from gan_pipe.manager import load_plugins
+from gan_pipe.host import PluginHost
 from gan_pipe.recipe import apply_override, flatten, load_recipe, parse_override
 
 from .conftest import RECIPES, write
@@ -31,7 +30,7 @@ name = "non-saturating"
 
 @pytest.fixture(scope="module")
 def registry():
-    return Plugins(load_plugins(entry_points=False)).registry
+    return PluginHost.load(entry_points=False).registry
 
 
 def problems(tmp_path, registry, text, overrides=None):

@@ -20,8 +20,7 @@ import tomli_w
 from typer.testing import CliRunner
 
 from gan_pipe.cli import app
-from gan_pipe.facade import Plugins
-from gan_pipe.manager import load_plugins
+from gan_pipe.host import PluginHost
 from gan_pipe.recipe import apply_override, load_recipe, parse_override
 
 from .conftest import RECIPES
@@ -55,7 +54,7 @@ def test_every_listed_recipe_exists():
 def test_recipe_has_header_and_validates(path):
     text = path.read_text()
     assert text.startswith("# ") and "Reproduces" in text and "Differs" in text
-    reg = Plugins(load_plugins(entry_points=False)).registry
+    reg = PluginHost.load(entry_points=False).registry
     resolved = load_recipe(path, reg)
     # recipes of one comparison share an experiment: the pair's common name
     shared = {"ring8": "ring8", "grid25": "grid25", "gaussian-1d": "gaussian-1d"}
@@ -64,7 +63,7 @@ def test_recipe_has_header_and_validates(path):
 
 
 def test_seed_settings_are_in_the_files():
-    reg = Plugins(load_plugins(entry_points=False)).registry
+    reg = PluginHost.load(entry_points=False).registry
     r = {p.stem: load_recipe(p, reg) for p in RECIPE_FILES}
     assert r["vanilla-gan"].params["loss"].real_label == 0.9
     assert (
@@ -93,7 +92,7 @@ def test_seed_settings_are_in_the_files():
 
 
 def test_dcgan_paper_settings_in_the_celeba_and_cifar10_recipes():
-    reg = Plugins(load_plugins(entry_points=False)).registry
+    reg = PluginHost.load(entry_points=False).registry
     for stem, size, blocks in (("dcgan-celeba", 64, 4), ("dcgan-cifar10", 32, 3)):
         r = load_recipe(RECIPES / f"{stem}.toml", reg)
         t = r.recipe.train
@@ -262,7 +261,7 @@ def test_header_settings_validate_and_take_effect(path):
     args = ["validate", str(path)] + [a for s in sets for a in ("--set", s)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    reg = Plugins(load_plugins(entry_points=False)).registry
+    reg = PluginHost.load(entry_points=False).registry
     base = load_recipe(path, reg).to_dict()
     faithful = load_recipe(path, reg, overrides=sets).to_dict()
     for item in sets:
@@ -293,7 +292,7 @@ def test_resolved_recipe_resolves_again(path):
     evaluate rebuild the run from it."""
     from gan_pipe.recipe import resolve
 
-    reg = Plugins(load_plugins(entry_points=False)).registry
+    reg = PluginHost.load(entry_points=False).registry
     first = load_recipe(path, reg).to_dict()
     again = resolve(json.loads(json.dumps(first)), reg, f"{path.name} (resolved)")
     assert again.to_dict() == first

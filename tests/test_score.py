@@ -72,9 +72,9 @@ def test_parzen_through_score_matches_brute_force(tmp_path):
 
 
 def test_modes_with_known_dataset(tmp_path):
-    from gan_pipe.manager import load_plugins
+    from gan_pipe.host import PluginHost
 
-    reg = load_plugins(entry_points=False).registry
+    reg = PluginHost.load(entry_points=False).registry
     ring = reg.get("dataset", "ring8")
     ds = ring.factory(ring.params())
     np.save(tmp_path / "r.npy", ds.test[:2500].numpy())
@@ -248,7 +248,7 @@ def test_a_metric_named_twice_runs_once(tmp_path, monkeypatch):
 
 
 def test_two_metrics_reporting_one_key_is_an_error(tmp_path):
-    from gan_pipe.manager import load_plugins
+    from gan_pipe.host import PluginHost
     from gan_pipe.registry import Component
     from gan_pipe.scoring import score
 
@@ -259,7 +259,7 @@ def test_two_metrics_reporting_one_key_is_an_error(tmp_path):
         def compute(self, ctx):
             return {"shared": 1.0}
 
-    reg = load_plugins(entry_points=False).registry
+    reg = PluginHost.load(entry_points=False).registry
     for name in ("one", "two"):
         reg.add(Component(kind="metric", name=name, factory=Constant, plugin="test"))
     np.save(tmp_path / "a.npy", np.zeros((10, 2)))
@@ -271,9 +271,9 @@ def test_two_metrics_reporting_one_key_is_an_error(tmp_path):
 
 # ------------------------------------------------------------------ --dataset
 def _dataset(name, **params):
-    from gan_pipe.manager import load_plugins
+    from gan_pipe.host import PluginHost
 
-    comp = load_plugins(entry_points=False).registry.get("dataset", name)
+    comp = PluginHost.load(entry_points=False).registry.get("dataset", name)
     return comp.factory(comp.params(**params))
 
 
@@ -312,14 +312,14 @@ def test_range_with_dataset_is_rejected_unless_it_is_the_datasets(tmp_path):
 
 
 def test_the_registered_dataset_object_is_not_changed(tmp_path):
-    from gan_pipe.manager import load_plugins
+    from gan_pipe.host import PluginHost
     from gan_pipe.registry import Component
     from gan_pipe.scoring import score
 
     ds = _dataset("gaussian-1d", n_train=500, n_val=100, n_test=100)
     before = {"test": ds.test.clone(), "val": ds.val.clone(), "info": dict(ds.info)}
     sample = ds.sample
-    reg = load_plugins(entry_points=False).registry
+    reg = PluginHost.load(entry_points=False).registry
     reg.add(Component(kind="dataset", name="shared", factory=lambda p: ds, plugin="test"))
     np.save(tmp_path / "r.npy", np.random.default_rng(0).normal(4, 0.5, 300))
     r = tmp_path / "r.npy"

@@ -140,7 +140,7 @@ def _trainer(train, stream, steps=14, resume=None, **extra):
     )
     plugins = types.SimpleNamespace(has_step_listeners=lambda: False)
     ctx = RunContext(
-        recipe=recipe, plugins=plugins, tracker=MemoryTracker(), device=torch.device("cpu")
+        recipe=recipe, hooks=plugins, tracker=MemoryTracker(), device=torch.device("cpu")
     )
     torch.manual_seed(0)
     from gan_pipe.plugins.losses.bce import NonSaturatingLoss

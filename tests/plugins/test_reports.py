@@ -49,7 +49,7 @@ class FakeTracker:
 
 def make_ctx(**kw: Any) -> RunContext:
     return RunContext(
-        recipe=None, plugins=None, tracker=FakeTracker(), device=torch.device("cpu"), **kw
+        recipe=None, hooks=None, tracker=FakeTracker(), device=torch.device("cpu"), **kw
     )
 
 

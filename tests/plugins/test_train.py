@@ -124,7 +124,7 @@ def _tiny_trainer(n_critic=1, dim=2, **train):
         }
     )
     ctx = RunContext(
-        recipe=recipe, plugins=None, tracker=MemoryTracker(), device=torch.device("cpu")
+        recipe=recipe, hooks=None, tracker=MemoryTracker(), device=torch.device("cpu")
     )
     ctx.dataset = Dataset("x", train=torch.randn(32, dim))
     ctx.generator = torch.nn.Linear(3, dim)
@@ -314,7 +314,7 @@ def _poisoned(at_steps, once=True, **train):
             with torch.no_grad():
                 t.D[0].weight[0, 0] = float("nan")
 
-    t.ctx.plugins = types.SimpleNamespace(
+    t.ctx.hooks = types.SimpleNamespace(
         has_step_listeners=lambda: True, on_train_step=on_train_step
     )
     saved = []
@@ -405,7 +405,7 @@ def test_checkpoints_by_time_at_logging_steps():
         now = [0.0]
         t._clock = lambda: now[0]
         t._last_save = 0.0
-        t.ctx.plugins.on_train_step = lambda ctx, step: now.__setitem__(0, 60.0 * step)
+        t.ctx.hooks.on_train_step = lambda ctx, step: now.__setitem__(0, 60.0 * step)
         t.fit()
         return [s for s, _ in saved]
 
