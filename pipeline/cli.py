@@ -501,7 +501,7 @@ def new_plugin(
     kind: Annotated[
         str,
         typer.Option(
-            help="loss, metric, dataset, regularizer, report or architecture",
+            help="loss, metric, dataset, regularizer, report, architecture or callback",
         ),
     ] = "loss",
     directory: Annotated[

@@ -22,6 +22,7 @@ SCAFFOLD_KINDS: dict[str, tuple[str, str, str]] = {
     "regularizer": ("register_regularizers", "regularizer", "regularizers.0"),
     "report": ("register_reports", "report", "report.0"),
     "architecture": ("register_architectures", "generator", "model.generator"),
+    "callback": ("register_callbacks", "callback", "callbacks.0"),
 }
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
@@ -50,6 +51,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "model": '[model.generator]\nname = "$name"\n[model.generator.params]\nhidden = 32\n\n'
         '[model.discriminator]\nname = "$name"\n[model.discriminator.params]\nhidden = 32'
     },
+    "callback": {"extra": '[[callbacks]]\nname = "$name"\n[callbacks.params]\ndecay = 0.8\n'},
 }
 
 #: kind -> the end of the generated run test: what the run must show besides its tag.
@@ -62,6 +64,9 @@ _RUN_CHECKS = {
     '        f.path for f in client.list_artifacts(result.run_id, "reports")\n    }',
     # hidden = 32 on 2-D data: (2 * 32 + 32) + (32 + 1)
     "architecture": '    assert data.params["model.discriminator.n_params"] == "129"',
+    "callback": '    assert data.params["callbacks.$name.decay"] == "0.8"\n'
+    '    history = client.get_metric_history(result.run_id, "train/${key}_avg")\n'
+    "    assert [m.step for m in history] == [5, 10, 15, 20]",
 }
 
 

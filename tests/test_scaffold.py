@@ -117,7 +117,12 @@ def test_generated_packages_install_pass_their_tests_and_run(tmp_path):
     python = _isolated_venv(tmp_path / "venv")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTEST_"))}
     env |= {"GAN_PIPE_STRICT_PLUGINS": "1", "OMP_NUM_THREADS": "1"}
-    for name, kind in (("my-loss", "loss"), ("my-metric", "metric")):
+    # (name, kind, tests it writes): a callback's add a resume test to the usual three
+    for name, kind, n_tests in (
+        ("my-loss", "loss", 3),
+        ("my-metric", "metric", 3),
+        ("my-callback", "callback", 4),
+    ):
         package = _new(tmp_path, name, kind)
         _pip_install(python, package)
         tests = subprocess.run(
@@ -128,7 +133,7 @@ def test_generated_packages_install_pass_their_tests_and_run(tmp_path):
             text=True,
         )
         assert tests.returncode == 0, tests.stdout + tests.stderr
-        assert "3 passed" in tests.stdout
+        assert f"{n_tests} passed" in tests.stdout
         # installed: gan-pipe finds it by its entry point, and runs its recipe
         listed = subprocess.run(
             [python, "-m", "gan_pipe.cli", "plugins", "--no-builtin"],

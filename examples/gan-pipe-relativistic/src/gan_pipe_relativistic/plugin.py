@@ -1,8 +1,11 @@
-"""Relativistic average GAN loss (RaGAN, Jolicoeur-Martineau 2018) as a gan-pipe plugin.
+"""The relativistic-average loss (RaGAN, Jolicoeur-Martineau 2018) and the ``polyak``
+callback: the entry point ``relativistic`` names this module.
 
 D estimates how much more real a real sample is than the average fake, and vice versa:
     L_D = BCE(C(x_r) - mean C(x_f), 1) + BCE(C(x_f) - mean C(x_r), 0)
     L_G = BCE(C(x_f) - mean C(x_r), 1) + BCE(C(x_r) - mean C(x_f), 0)
+
+Recipes use it with ``[loss] name = "relativistic-average"``.
 """
 
 from __future__ import annotations
@@ -11,9 +14,14 @@ from pydantic import BaseModel, ConfigDict
 
 from gan_pipe import hookimpl
 
+# the callback lives in its own module; importing its hook here registers it with the loss
+from .polyak import register_callbacks  # noqa: F401
+
 
 class RelativisticParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """The relativistic-average loss has no settings."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error
 
 
 class RelativisticAverageLoss:
@@ -24,6 +32,7 @@ class RelativisticAverageLoss:
 
     @staticmethod
     def _bce(logits, target: float):
+        # torch is imported here, not at module level: listing plugins must stay fast
         import torch.nn.functional as F
 
         return F.binary_cross_entropy_with_logits(logits, logits.new_full(logits.shape, target))
@@ -34,6 +43,7 @@ class RelativisticAverageLoss:
         return loss, {}
 
     def generator_loss(self, x):
+        # x.d_real is None in the generator step: score the real batch without a gradient
         import torch
 
         f = x.d_fake.float().reshape(-1)

@@ -1,0 +1,1 @@
+"""The relativistic loss, a gan-pipe plugin."""
