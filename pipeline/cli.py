@@ -35,6 +35,17 @@ SetOpt = Annotated[
     ),
 ]
 
+NprocOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="train in N processes on this machine with DistributedDataParallel (starts "
+        "torchrun; the global batch train.batch_size is split among them)",
+        show_default=False,
+    ),
+]
+
 
 def _err(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
@@ -56,6 +67,16 @@ def _load(recipe: Path, overrides: list[str] | None):
 
     plugins = _plugins()
     return load_recipe(recipe, plugins.registry, overrides), plugins
+
+
+def _launch(nproc: int, argv: list[str]) -> None:
+    """``gan-pipe ... --nproc N``: the same command in N processes through torchrun."""
+    from . import distributed
+
+    if distributed.launched():
+        _err("--nproc is for gan-pipe itself; under torchrun, leave it out")
+        raise typer.Exit(2)
+    raise typer.Exit(distributed.launch(nproc, argv))
 
 
 def _stage(name: str) -> None:
@@ -108,19 +129,25 @@ def _fail(e: BaseException) -> typer.Exit:
 
 
 @app.command()
-def run(recipe: RecipeArg, set_: SetOpt = None) -> None:
+def run(recipe: RecipeArg, set_: SetOpt = None, nproc: NprocOpt = None) -> None:
     """Run one experiment: data -> build -> train -> evaluate -> report."""
+    from .distributed import check_global_batch, is_main
+
     try:
         resolved, plugins = _load(recipe, set_)
+        if nproc and nproc > 1:
+            check_global_batch(resolved.recipe.train.batch_size, nproc)
     except UserError as e:
         raise _fail(e) from None
+    if nproc and nproc > 1:
+        _launch(nproc, ["run", str(recipe), *(f"--set={s}" for s in set_ or [])])
     from .runner import run as run_recipe
 
     name = resolved.recipe.experiment.name
     typer.echo(f"gan-pipe {__version__}: running {name} from {recipe}", err=True)
     result = _train(lambda: run_recipe(resolved, plugins, on_stage=_stage))
-
-    _summary(result)
+    if is_main():  # the other processes of a torchrun launch say nothing
+        _summary(result)
 
 
 @app.command()
@@ -434,17 +461,23 @@ def resume(
         list[str] | None,
         typer.Option("--set", "-s", help="train.steps, train.epochs or train.progress only"),
     ] = None,
+    nproc: NprocOpt = None,
 ) -> None:
     """Continue a run from its last checkpoint, in the same MLflow run (after Ctrl-C, or for more steps).
 
     Nets, optimisers, schedules, batch order and RNG states are restored, so the result is the same as one uninterrupted run.
     """  # noqa: E501
+    from .distributed import is_main
     from .reevaluate import resume as resume_run
 
+    if nproc and nproc > 1:
+        more = ["--steps", str(steps)] if steps is not None else []
+        _launch(nproc, ["resume", run_id, *more, *(f"--set={s}" for s in set_ or [])])
     plugins_ = _plugins()
     note = lambda m: typer.echo(m, err=True)  # noqa: E731
     result = _train(lambda: resume_run(run_id, plugins_, steps, set_, on_stage=_stage, note=note))
-    _summary(result)
+    if is_main():
+        _summary(result)
 
 
 @app.command()

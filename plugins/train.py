@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gan_pipe import distributed as dist
 from gan_pipe.context import LossInputs
 from gan_pipe.errors import UserError
 
@@ -86,13 +87,13 @@ class BatchSampler:
     def next(self) -> torch.Tensor:
         if self.replacement:
             idx = torch.randint(len(self.data), (self.batch_size,), device=self.data.device)
-            return self.data.index_select(0, idx)
+            return self.data.index_select(0, dist.shard(idx))
         if self._i >= self.per_epoch:
             self._perm = torch.randperm(len(self.data), device=self.data.device)
             self._i = 0
         idx = self._perm[self._i * self.batch_size : (self._i + 1) * self.batch_size]
         self._i += 1
-        return self.data.index_select(0, idx)
+        return self.data.index_select(0, dist.shard(idx))  # this process's rows
 
 
 def total_steps(train: Any, n_rows: int) -> int:
@@ -135,6 +136,8 @@ class Trainer:
             ctx.noise,
         )
         self.device = ctx.device
+        # under torchrun: what trains through DistributedDataParallel (the same nets)
+        self.G_ddp, self.D_ddp = dist.wrap(self.G), dist.wrap(self.D)
         self.data = ctx.dataset.train.to(self.device, non_blocking=True)
         self.sampler = BatchSampler(
             self.data, self.cfg.batch_size, replacement=self.cfg.sampling == "replacement"
@@ -202,7 +205,7 @@ class Trainer:
     def discriminator_step(self) -> dict[str, torch.Tensor]:
         real = self.sampler.next()
         with torch.no_grad(), self.autocast:
-            fake = self.G(self.noise(len(real)))
+            fake = self.G(dist.shard(self.noise(self.cfg.batch_size)))
         with self.autocast:
             loss, extras, _ = self._discriminator_loss(real, fake)
         self.opt_d.zero_grad(set_to_none=True)
@@ -213,8 +216,8 @@ class Trainer:
 
     def _discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor):
         """D's loss plus its regularisers' terms; also returns D(fake)."""
-        d_real = self.D(real)
-        d_fake = self.D(fake)
+        d_real = self.D_ddp(real)
+        d_fake = self.D_ddp(fake)
         inputs = LossInputs(self.D, real, fake, d_real, d_fake)
         loss, extras = self.loss.discriminator_loss(inputs)
         return self._add_terms(loss, extras, "discriminator_term", inputs), extras, d_fake
@@ -246,7 +249,7 @@ class Trainer:
 
     def _generator_update(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast:
-            fake = self.G(self.noise(self.cfg.batch_size))
+            fake = self.G_ddp(dist.shard(self.noise(self.cfg.batch_size)))
             loss, extras = self._generator_loss(real, fake, self.D(fake))
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
@@ -259,13 +262,14 @@ class Trainer:
         against D before D's update), then both nets are stepped (seeds 002/003)."""
         real = self.sampler.next()
         with self.autocast:
-            fake = self.G(self.noise(len(real)))
+            fake = self.G(dist.shard(self.noise(self.cfg.batch_size)))
             d_loss, d_extras, d_fake = self._discriminator_loss(real, fake)
             g_loss, g_extras = self._generator_loss(real, fake, d_fake)
         d_params = [p for p in self.D.parameters() if p.requires_grad]
         g_params = [p for p in self.G.parameters() if p.requires_grad]
         d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True, allow_unused=True)
         g_grads = torch.autograd.grad(g_loss, g_params, allow_unused=True)
+        dist.average_grads([*d_grads, *g_grads])  # what DDP's backward() would do
         for opt, params, grads in (
             (self.opt_d, d_params, d_grads),
             (self.opt_g, g_params, g_grads),
@@ -299,7 +303,7 @@ class Trainer:
         check = self.cfg.on_nonfinite != "ignore"
         if check:  # in the same sync as the losses
             parts.append(self._weights_finite())
-        values = torch.stack(parts).tolist()
+        values = dist.mean(torch.stack(parts)).tolist()  # means over the processes too
         weights_ok = values.pop() if check else 1.0
         self._acc.clear()
         self._acc_counts = {}
@@ -319,13 +323,15 @@ class Trainer:
         flags = torch.stack([torch.isfinite(t).all() for t in self._watched])
         return flags.all().float()
 
-    def _nonfinite_now(self) -> str | None:
+    def _nonfinite_now(self, everywhere: bool = True) -> str | None:
         """The divergence check of a logging step, for a checkpoint between logging steps
-        (one sync, which saving the checkpoint makes anyway); the means stay accumulated."""
+        (one sync, which saving the checkpoint makes anyway); the means stay accumulated.
+        ``everywhere``: over all processes (all must call it), else this process's own."""
         if self.cfg.on_nonfinite == "ignore":
             return None
         keys = list(self._acc)
-        values = torch.stack([*(self._acc[k] for k in keys), self._weights_finite()]).tolist()
+        values = torch.stack([*(self._acc[k] for k in keys), self._weights_finite()])
+        values = (dist.mean(values) if everywhere else values).tolist()
         ok = values.pop()
         return _first_nonfinite({f"train/{k}": v for k, v in zip(keys, values, strict=True)}, ok)
 
@@ -421,13 +427,13 @@ class Trainer:
         listeners = ctx.plugins.has_step_listeners()
         if self.start_step == 0:
             self._log_samples(0)
-        title = ctx.recipe.experiment.name
-        with progress_bar(self.steps, cfg.progress, title, start=self.start_step) as bar:
+        title, shown = ctx.recipe.experiment.name, cfg.progress and dist.is_main()
+        with progress_bar(self.steps, shown, title, start=self.start_step) as bar:
             self._keep_good(self.start_step)
             step = self.start_step
             while step < self.steps:
                 step += 1
-                if self._stop_signal is not None:
+                if dist.any_rank(self._stop_signal is not None):  # all processes stop alike
                     raise KeyboardInterrupt
                 # a step mutates nets, optimisers, schedules, the sampler and the RNG states:
                 # a checkpoint taken while _in_step would not match its label
@@ -473,7 +479,7 @@ class Trainer:
         logging step are dropped (a half-finished step would skew their mean)."""
         ctx = self.ctx
         if not self._in_step and ctx.step > 0 and self._saved_step != ctx.step:
-            if self._nonfinite_now() is None:  # never a checkpoint of a diverged state
+            if self._nonfinite_now(everywhere=False) is None:  # never a diverged state
                 self.save_checkpoint(ctx.step)
         self._acc.clear()
         self._acc_counts.clear()
@@ -521,7 +527,7 @@ class Trainer:
         grid for image data, real vs generated scatter (2-D+) or histograms (1-D) otherwise,
         so mode collapse can be watched as it happens."""
         ds = self.ctx.dataset
-        if ds is None:
+        if ds is None or not dist.is_main():
             return
         from gan_pipe.plugins.reports import grid as G
         from gan_pipe.plugins.reports.plots import real_subset, vector_figure
@@ -552,6 +558,8 @@ class Trainer:
     def _evaluate(self, step: int) -> None:
         from gan_pipe.evaluation import evaluate
 
+        if not dist.is_main():
+            return
         results = evaluate(self.ctx)  # own RNG: evaluating does not change training
         self.ctx.tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, step)
         for k, v in results.items():
@@ -606,9 +614,10 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 
     def save_checkpoint(self, step: int) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"checkpoint-{step:07d}.pt"
-            torch.save(self.checkpoint_state(step), path)
-            self.ctx.tracker.log_artifact(path, "checkpoints")
+        if dist.is_main():  # rank 0 writes the checkpoints of all processes
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"checkpoint-{step:07d}.pt"
+                torch.save(self.checkpoint_state(step), path)
+                self.ctx.tracker.log_artifact(path, "checkpoints")
         self._saved_step = step  # only once it is in the store
         self._last_save = self._clock()
