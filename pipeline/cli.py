@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from . import __version__
+from . import __version__, distributed
 from .errors import GanPipeError, RecipeError, UserError
 from .evaluation import is_setting
 
@@ -71,8 +71,6 @@ def _load(recipe: Path, overrides: list[str] | None):
 
 def _launch(nproc: int, argv: list[str]) -> None:
     """``gan-pipe ... --nproc N``: the same command in N processes through torchrun."""
-    from . import distributed
-
     if distributed.launched():
         _err("--nproc is for gan-pipe itself; under torchrun, leave it out")
         raise typer.Exit(2)
@@ -93,9 +91,11 @@ def _interrupted(e: KeyboardInterrupt) -> str:
             "interrupted before the first training step; the MLflow run is marked KILLED and "
             "has no checkpoint, so there is nothing to resume: run the recipe again"
         )
+    n = distributed.world_size()
     return (
         f"interrupted; the MLflow run is marked KILLED with a checkpoint of step "
         f"{e.checkpoint_step}: continue it with gan-pipe resume {getattr(e, 'run_id', 'RUN_ID')}"
+        + (f" --nproc {n}" if n > 1 else "")
     )
 
 
@@ -104,7 +104,8 @@ def _train(start: Callable[[], Any], interrupted: str | None = None) -> Any:
     try:
         return start()
     except KeyboardInterrupt as e:
-        _err(interrupted or _interrupted(e))
+        if distributed.is_main():  # one message for all the processes of a torchrun launch
+            _err(interrupted or _interrupted(e))
         raise typer.Exit(130) from None
     except RecipeError as e:
         raise _fail(e) from None
@@ -131,12 +132,10 @@ def _fail(e: BaseException) -> typer.Exit:
 @app.command()
 def run(recipe: RecipeArg, set_: SetOpt = None, nproc: NprocOpt = None) -> None:
     """Run one experiment: data -> build -> train -> evaluate -> report."""
-    from .distributed import check_global_batch, is_main
-
     try:
         resolved, plugins = _load(recipe, set_)
         if nproc and nproc > 1:
-            check_global_batch(resolved.recipe.train.batch_size, nproc)
+            distributed.check_global_batch(resolved.recipe.train.batch_size, nproc)
     except UserError as e:
         raise _fail(e) from None
     if nproc and nproc > 1:
@@ -146,7 +145,7 @@ def run(recipe: RecipeArg, set_: SetOpt = None, nproc: NprocOpt = None) -> None:
     name = resolved.recipe.experiment.name
     typer.echo(f"gan-pipe {__version__}: running {name} from {recipe}", err=True)
     result = _train(lambda: run_recipe(resolved, plugins, on_stage=_stage))
-    if is_main():  # the other processes of a torchrun launch say nothing
+    if distributed.is_main():  # the other processes of a torchrun launch say nothing
         _summary(result)
 
 
@@ -467,7 +466,6 @@ def resume(
 
     Nets, optimisers, schedules, batch order and RNG states are restored, so the result is the same as one uninterrupted run.
     """  # noqa: E501
-    from .distributed import is_main
     from .reevaluate import resume as resume_run
 
     if nproc and nproc > 1:
@@ -476,7 +474,7 @@ def resume(
     plugins_ = _plugins()
     note = lambda m: typer.echo(m, err=True)  # noqa: E731
     result = _train(lambda: resume_run(run_id, plugins_, steps, set_, on_stage=_stage, note=note))
-    if is_main():
+    if distributed.is_main():
         _summary(result)
 
 

@@ -235,7 +235,8 @@ def resume(
     seed_everything(resolved.recipe.experiment.seed)
     ctx = new_context(resolved, plugins, tracker, device)
     ctx.state["resume"] = state
-    return execute(ctx, tracker.run.info.run_name, None, on_stage)
+    name = tracker.run.info.run_name if distributed.is_main() else ""
+    return execute(ctx, name, None, on_stage)
 
 
 def _resumable(
