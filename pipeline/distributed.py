@@ -87,11 +87,14 @@ def start() -> None:
     atexit.register(stop)
 
 
-def stop() -> None:
-    """Leave the process group (at exit; safe to call twice)."""
+def stop(together: bool = False) -> None:
+    """Leave the process group (safe to call twice). ``together``: all processes call it at
+    the same point (after training, the last collective), and leave after a barrier."""
     if enabled():
         import torch.distributed as td
 
+        if together:
+            td.barrier()
         td.destroy_process_group()
 
 
@@ -246,8 +249,8 @@ def main_first(fn: Callable[[], T]) -> T:
 def launch(processes: int, argv: list[str]) -> int:
     """``python -m gan_pipe *argv`` in ``processes`` processes on this machine, started by
     torchrun's own launcher (``torch.distributed.run``, ``--standalone``: a free local port);
-    returns the exit code to leave with: 0, or the failed rank's (the lowest failed rank:
-    2 for a user error, 130 after Ctrl-C)."""
+    returns the exit code to leave with: 0, or the first failed process's (2 for a user
+    error, 130 after Ctrl-C)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args
@@ -256,8 +259,10 @@ def launch(processes: int, argv: list[str]) -> int:
     args = parse_args(["--standalone", f"--nproc-per-node={processes}", "-m", "gan_pipe", *argv])
     try:
         torchrun(args)
-    except ChildFailedError as e:
-        code = e.failures[min(e.failures)].exitcode
+    except ChildFailedError as e:  # the first process that failed by itself, not one stopped
+        failures = list(e.failures.values())  # by torchrun after it (-15, SIGTERM)
+        own = [f for f in failures if f.exitcode > 0]
+        code = min(own or failures, key=lambda f: f.timestamp).exitcode
         return code if code > 0 else 128 - code if code < 0 else 1
     except SignalException as e:  # Ctrl-C: torchrun passed it on to the workers
         return 128 + int(e.sigval)

@@ -304,6 +304,7 @@ def execute(
                 start_step = int(resume["step"]) if resume else 0
                 t0 = time.perf_counter()
                 plugins.train(ctx)
+                distributed.stop(together=True)  # the processes communicate no more
                 perf.update(throughput(ctx, start_step, time.perf_counter() - t0))
                 tracker.log_metrics(perf, ctx.step)
                 if main:
