@@ -233,7 +233,7 @@ def tracking_calls(
     at its end: this over-counts slightly)."""
     import mlflow
 
-    tracker = Tracker("bench-overhead", "tracking-calls")
+    tracker = Tracker.start("bench-overhead", "tracking-calls")
     out = []
     try:
         for r in range(max(reps, 3)):
@@ -348,7 +348,8 @@ def main() -> None:
     print(f"load    : {loadavg()} (1, 5, 15 min) at start", flush=True)
 
     def pipeline(tracked: bool, rep: int) -> tuple[float, float]:
-        tracker = Tracker("bench-overhead", f"pipeline-rep{rep}") if tracked else NullTracker()
+        name = f"pipeline-rep{rep}"
+        tracker = Tracker.start("bench-overhead", name) if tracked else NullTracker()
         ctx = new_context(resolved, plugins, tracker, device)
         ctx.dataset = base.dataset
         ctx.generator, ctx.discriminator = copy.deepcopy(G0), copy.deepcopy(D0)

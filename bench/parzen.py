@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from gan_pipe.plugins.metrics.parzen import _exact_matmul, parzen_log_likelihood
+from gan_pipe.estimators.kde import exact_matmul as _exact_matmul
+from gan_pipe.estimators.kde import log_density as parzen_log_likelihood
 
 #: Vendor spec-sheet dense peaks in TFLOP/s: (name fragment, float32 non-tensor, float64 as
 #: DGEMM runs it: on the FP64 tensor cores where there are some). First match wins, so more

@@ -599,6 +599,25 @@ def runs(
 
 
 @app.command()
+def sync(
+    run_ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="runs to sync (default: every spooled run of the current store)"),
+    ] = None,
+) -> None:
+    """Upload what runs kept in the local spool while the tracking server was down.
+
+    A run whose server does not answer for GAN_PIPE_TRACKING_TIMEOUT seconds (default 180) stops, keeping its unsent metrics, tags, params, files (checkpoints) and end status in ./gan-pipe-spool/RUN_ID (GAN_PIPE_SPOOL_DIR). sync sends them, without duplicating metric points already stored, and ends the run with its recorded status; gan-pipe resume RUN_ID syncs first.
+    """  # noqa: E501
+    from .spool import sync as sync_runs
+
+    try:
+        sync_runs(run_ids or None, lambda m: typer.echo(m, err=True))
+    except UserError as e:
+        raise _fail(e) from None
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON schema of recipes, component params included (for editors)."""
     from .manager import load_plugins

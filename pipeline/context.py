@@ -10,9 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .callback_list import CallbackList
+
 if TYPE_CHECKING:
     import torch
 
+    from .dataloading import Rows
     from .facade import Plugins
     from .recipe import Recipe
     from .registry import Component
@@ -27,10 +30,21 @@ class Dataset:
     held-out splits in the same scale, used by metrics (Parzen chooses sigma on ``val`` and
     scores ``test``). Synthetic datasets that know their distribution expose
     ``log_density`` (log p(x) for a batch) and ``sample`` (n, torch.Generator) -> tensor.
+
+    Mixtures with known components may give their mode centres ``modes`` (K, d) (in data
+    space, the sample shape flattened) and the per-axis standard deviation ``mode_std`` of each
+    mode: the ``modes`` metric reads them (ring8, grid25 and gaussian-1d set both). None where
+    the dataset has no such modes; the metric then falls back to ``info["modes"]`` /
+    ``info["mode_std"]``, the older way of giving them.
+
+    ``train`` may instead be a :class:`~gan_pipe.dataloading.Rows` (rows loaded on demand,
+    indexed like a tensor), and ``fits_device`` declares whether the training split may sit
+    on the device whole: False streams it (``data.stream = "auto"``), True keeps it there,
+    None lets the trainer decide by its size (docs/performance.md).
     """
 
     name: str
-    train: torch.Tensor
+    train: torch.Tensor | Rows
     val: torch.Tensor | None = None
     test: torch.Tensor | None = None
     train_labels: torch.Tensor | None = None
@@ -40,6 +54,9 @@ class Dataset:
     log_density: Callable[[torch.Tensor], torch.Tensor] | None = None
     sample: Callable[..., torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    modes: torch.Tensor | None = None
+    mode_std: float | None = None
+    fits_device: bool | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -81,6 +98,124 @@ class GanLoss(Protocol):
     def generator_loss(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
+class EvalTracker(Protocol):
+    """What a metric or report may log beside its values: a run's
+    :class:`~gan_pipe.tracking.Tracker`; in ``gan-pipe score`` and
+    :func:`gan_pipe.testing.metric_context` a :class:`~gan_pipe.testing.MemoryTracker` that
+    keeps everything in memory. Paths are artifact paths (``f"{ctx.eval_dir}/x.json"``)."""
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None: ...
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+
+    def log_image(self, image: Any, key: str, step: int) -> None: ...
+
+
+class EvalContext(Protocol):
+    """What a metric's ``compute(ctx)`` may use. A run's :class:`RunContext` is one; so are
+    the context of ``gan-pipe score`` and :func:`gan_pipe.testing.metric_context`.
+
+    * ``dataset``: the run's data. Never None for a metric (metrics run after the data
+      stage). In ``gan-pipe score`` its ``val``/``test`` are the ``--real`` rows, ``sample``
+      is None, and ``log_density``/``modes`` come from ``--dataset`` (None without it).
+    * ``generate(n)``: n generated samples in data space on ``device``, no grad; may return
+      fewer rows than asked for where there are no more (``gan-pipe score``: the fake file's
+      rows). Within one evaluation, calls for at most as many rows return the same samples.
+    * ``device``: where to compute (``torch.device``).
+    * ``step``: the training step being evaluated (0 in ``gan-pipe score``).
+    * ``eval_dir``: the artifact folder of this evaluation (``eval/step-0001500``).
+    * ``state``: a dict kept for the whole run (``gan-pipe score``: one call), for what does
+      not depend on the generator (``fid`` keeps its classifier there).
+    * ``tracker``: where to log files (:class:`EvalTracker`).
+    """
+
+    dataset: Dataset | None
+    device: torch.device
+    step: int
+    eval_dir: str
+    state: dict[str, Any]
+    tracker: EvalTracker
+
+    def generate(self, n: int) -> torch.Tensor: ...
+
+
+class ReportContext(EvalContext, Protocol):
+    """What a report's ``run(ctx)`` may use: :class:`EvalContext` plus the trained networks
+    and what the run logged. ``generator``, ``noise`` and ``discriminator`` are None before
+    the build stage (never for a report); ``discriminator`` is None where a report is tested
+    without one (:func:`gan_pipe.testing.metric_context`). ``history`` holds the training and
+    periodic-evaluation curves (``{"train/d_loss": [(step, value), ...]}``, empty without
+    training); ``results`` the final evaluation's values without the ``eval/`` prefix."""
+
+    generator: torch.nn.Module | None
+    discriminator: torch.nn.Module | None
+    noise: Callable[..., torch.Tensor] | None
+    history: dict[str, list[tuple[int, float]]]
+    results: dict[str, float]
+
+
+class Callback(Protocol):
+    """A training callback: a recipe's ``[[callbacks]]`` entry, or one of gan-pipe's own
+    duties (sample frames, periodic evaluation, checkpoints, the progress bar).
+
+    Define only what you need: gan-pipe calls each method a callback has and skips the rest
+    (a callback with none of them is refused when the run builds it). Events, in the order
+    a run fires them:
+
+    * ``setup(ctx)``: once the build stage has built the networks, in every process that
+      uses the callback (a run, ``gan-pipe resume``, ``gan-pipe evaluate``), before any
+      state is loaded. Allocate state shaped like the networks here.
+    * ``on_train_start(ctx)``: before the first step this process trains; ``ctx.step`` is 0,
+      or the checkpoint's step on resume (state is loaded by then).
+    * ``on_step(ctx, step)``: after every generator step (``step`` counts from 1), after the
+      ``gan_pipe_on_train_step`` hook, before the step is logged, drawn, evaluated or
+      checkpointed. The hot loop: no host sync, no MLflow call per value.
+    * ``on_log(ctx, step, metrics)``: at logging steps, with the ``train/`` values just read
+      back (``{"train/d_loss": 0.69, ...}``); a step with a NaN rolls back or stops first.
+    * ``before_evaluation(ctx, step)`` and ``after_evaluation(ctx, step, results)``: around
+      every evaluation (periodic, final, ``gan-pipe evaluate``), inside its isolated RNG;
+      ``results`` are the metric values without the ``eval/`` prefix.
+    * ``on_checkpoint(ctx, step)``: just before a checkpoint's state is gathered.
+    * ``on_train_end(ctx)``: once training finished, after its last checkpoint, before the
+      final evaluation (not after an interrupt or a divergence; what it changes is not
+      checkpointed).
+    * ``teardown(ctx)``: once this process's training stops, finished or not.
+
+    State: ``state_dict()`` returns tensors and plain values (dicts, lists, numbers,
+    strings: checkpoints are read with ``torch.load(weights_only=True)``), stored in every
+    checkpoint under the callback's recipe path (``callbacks.0``); ``load_state_dict(state)``
+    gets it back on resume, on a rollback and in ``gan-pipe evaluate``, after ``setup``.
+
+    ``generator()`` may return a network (or None, e.g. before averaging started) that
+    evaluation, sample frames, reports and the logged model use instead of the trained
+    generator (an EMA of its weights); the first callback that returns one wins.
+    """
+
+    def setup(self, ctx: RunContext) -> None: ...
+
+    def on_train_start(self, ctx: RunContext) -> None: ...
+
+    def on_step(self, ctx: RunContext, step: int) -> None: ...
+
+    def on_log(self, ctx: RunContext, step: int, metrics: dict[str, float]) -> None: ...
+
+    def before_evaluation(self, ctx: RunContext, step: int) -> None: ...
+
+    def after_evaluation(self, ctx: RunContext, step: int, results: dict[str, float]) -> None: ...
+
+    def on_checkpoint(self, ctx: RunContext, step: int) -> None: ...
+
+    def on_train_end(self, ctx: RunContext) -> None: ...
+
+    def teardown(self, ctx: RunContext) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def generator(self) -> torch.nn.Module | None: ...
+
+
 @dataclass
 class RunContext:
     """Everything one run knows; handed to every stage hook, metric and report."""
@@ -96,6 +231,8 @@ class RunContext:
     discriminator: torch.nn.Module | None = None
     loss: GanLoss | None = None
     regularizers: list[Any] = field(default_factory=list)
+    #: The recipe's ``[[callbacks]]``, built and set up by the build stage.
+    callbacks: CallbackList = field(default_factory=CallbackList)
     noise: Callable[[int], torch.Tensor] | None = None
     step: int = 0
     #: ``{"train/d_loss": [(step, value), ...]}``: what was logged during training.
@@ -114,19 +251,7 @@ class RunContext:
         them, later calls for at most as many rows reuse them (Parzen and FID score the same
         10,000 samples instead of running the generator twice).
         """
-        import torch
+        from .evaluation import generated
 
         assert self.generator is not None and self.noise is not None
-        cached = self.state.get("_samples")
-        if cached is not None and cached[0] == self.step and n <= len(cached[1]):
-            return cached[1][:n]
-        was_training = self.generator.training
-        self.generator.eval()
-        out = []
-        with torch.no_grad():
-            for start in range(0, n, batch_size):
-                out.append(self.generator(self.noise(min(batch_size, n - start))).float())
-        self.generator.train(was_training)
-        samples = torch.cat(out) if out else torch.empty(0, *self.dataset.shape)
-        self.state["_samples"] = (self.step, samples)
-        return samples
+        return generated(self, n, batch_size)

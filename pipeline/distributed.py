@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import torch
 
 T = TypeVar("T")
+Rows = TypeVar("Rows", "torch.Tensor", list)
 
 #: the recipe key-like name of the param every run records
 WORLD_SIZE_PARAM = "dist.world_size"
@@ -132,8 +133,9 @@ def check_global_batch(batch_size: int, processes: int | None = None) -> None:
 
 
 # ------------------------------------------------------------------ data and nets
-def shard(x: torch.Tensor) -> torch.Tensor:
-    """This rank's contiguous rows of a global batch (``x`` itself with one process)."""
+def shard(x: Rows) -> Rows:
+    """This rank's contiguous rows of a global batch, a tensor or a list of row indices
+    (``x`` itself with one process)."""
     n = world_size()
     if n == 1:
         return x
@@ -270,27 +272,49 @@ def launch(processes: int, argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------ tracking
-class RankTracker:
+class _Inert:
+    """Every public method of the class ``like`` exists here and does nothing (returns
+    None: falsy, so ``spool.pending()`` is False)."""
+
+    _like: type
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name.startswith("_") or not callable(getattr(self._like, name, None)):
+            raise AttributeError(name)
+        return _nothing
+
+
+class _RankSpool(_Inert):
+    """``tracker.spool`` of ranks other than 0: nothing is ever kept."""
+
+    dir = None
+
+    def __init__(self) -> None:
+        from .spool import Spool
+
+        self._like = Spool
+
+
+class RankTracker(_Inert):
     """``ctx.tracker`` of ranks other than 0: every public method of
-    :class:`gan_pipe.tracking.Tracker` exists and does nothing (rank 0 logs the run)."""
+    :class:`gan_pipe.tracking.Tracker` exists and does nothing, and its public attributes
+    are placeholders (rank 0 logs the run)."""
 
     run_id = experiment_id = "(tracked by rank 0)"
     uri = "(tracked by rank 0)"
-    client = None
+    client = run = link = None
     attached = False
+    flush_seconds = float("inf")
 
     def __init__(self) -> None:
+        from .tracking import Tracker
+
+        self._like = Tracker
         self.latest: dict[str, Any] = {}
+        self.spool = _RankSpool()
 
     def deferred_artifacts(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        from .tracking import Tracker
-
-        if name.startswith("_") or not callable(getattr(Tracker, name, None)):
-            raise AttributeError(name)
-        return _nothing
 
 
 def _nothing(*args: Any, **kwargs: Any) -> None:

@@ -1,7 +1,7 @@
 """Running the evaluate stage without disturbing the run it measures.
 
-Every evaluation (periodic during training, the final one, ``gan-pipe evaluate``) goes
-through :func:`evaluate`:
+Every evaluation of a run (periodic during training, the final one, ``gan-pipe evaluate``)
+goes through :func:`evaluate_and_log` (isolate, compute, prefix ``eval/``, log, record):
 
 * **Its own random numbers.** The generator's noise and any metric randomness come from RNG
   states seeded by (experiment seed, step); the training RNG states are restored afterwards.
@@ -11,7 +11,11 @@ through :func:`evaluate`:
   ``eval/step-0001500`` for the evaluation at step 1,500, ``eval/reevaluate-<time>`` for a
   re-evaluation, so later evaluations never overwrite earlier ones.
 * **All or nothing.** Artifacts are written only when every metric succeeded; a failing
-  metric leaves no file behind (values are logged by the caller, also only on success).
+  metric leaves no file behind (values are logged only on success too).
+
+``gan-pipe score`` and :func:`gan_pipe.testing.metric_context` compute metrics on a
+:class:`SampleContext` (samples from tensors, a :class:`MemoryTracker`) with the same
+:func:`add_values` merge; metric keys are never prefixed there.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from __future__ import annotations
 import contextlib
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-    from .context import RunContext
+    from .context import Dataset, RunContext
 
 #: Mixed into the seed so evaluation noise differs from the training stream of the same seed.
 _EVAL_SALT = 0x5EED_E7A1
@@ -125,9 +130,107 @@ def evaluate(ctx: RunContext, eval_dir: str | None = None) -> dict[str, float]:
         with (
             ctx.tracker.deferred_artifacts(),
             isolated_rng(eval_seed(ctx.recipe.experiment.seed, ctx.step), ctx.device),
+            ctx.callbacks.evaluating(ctx) as done,  # the generator a callback provides
             eval_mode(ctx.generator),
         ):
             results: Any = ctx.plugins.evaluate(ctx)
+            done(dict(results or {}))
     finally:
         ctx.eval_dir = previous
     return dict(results or {})
+
+
+def evaluate_and_log(
+    ctx: RunContext, eval_dir: str | None = None, *, final: bool
+) -> dict[str, float]:
+    """The one evaluation path of a run: :func:`evaluate` at ``ctx.step``, the values logged
+    as ``eval/<key>`` at that step, and recorded: the final (and a re-) evaluation's in
+    ``ctx.results``, a periodic one's in ``ctx.history`` (the curves reports draw)."""
+    results = evaluate(ctx, eval_dir)
+    ctx.tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, ctx.step)
+    if final:
+        ctx.results.update(results)
+    else:
+        for k, v in results.items():
+            ctx.history.setdefault(f"eval/{k}", []).append((ctx.step, v))
+    return results
+
+
+def generated(ctx: Any, n: int, batch_size: int = 1000) -> torch.Tensor:
+    """``n`` samples of ``ctx.generator`` on ``ctx.noise`` (float32, in batches, eval mode, no
+    grad). Within one ``ctx.step`` the first call draws them and later calls for at most as
+    many rows reuse them (kept in ``ctx.state``): metrics of one evaluation share samples."""
+    import torch
+
+    cached = ctx.state.get("_samples")
+    if cached is not None and cached[0] == ctx.step and n <= len(cached[1]):
+        return cached[1][:n]
+    out = []
+    with eval_mode(ctx.generator), torch.no_grad():
+        for start in range(0, n, batch_size):
+            out.append(ctx.generator(ctx.noise(min(batch_size, n - start))).float())
+    samples = torch.cat(out) if out else torch.empty(0, *ctx.dataset.shape)
+    ctx.state["_samples"] = (ctx.step, samples)
+    return samples
+
+
+class MemoryTracker:
+    """Keeps what metrics and reports log, in memory (an :class:`~gan_pipe.context.EvalTracker`
+    where there is no MLflow run): ``dicts``, ``figures`` and ``texts`` by artifact path,
+    ``images`` as ``(key, step, image)``, ``metrics`` by key. Other ``log_*`` calls, tags and
+    flushes are accepted and dropped."""
+
+    def __init__(self) -> None:
+        self.dicts: dict[str, Any] = {}
+        self.figures: dict[str, Any] = {}
+        self.texts: dict[str, str] = {}
+        self.images: list[tuple[str, int, Any]] = []
+        self.metrics: dict[str, float] = {}
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        self.dicts[artifact_file] = data
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.figures[artifact_file] = figure
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.texts[artifact_file] = text
+
+    def log_image(self, image: Any, key: str, step: int) -> None:
+        self.images.append((key, step, image))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.metrics.update(metrics)
+
+    def __getattr__(self, name: str) -> Any:  # artifacts, models, params: dropped
+        if name.startswith("log_") or name in ("set_tags", "flush"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+
+@dataclass
+class SampleContext:
+    """An evaluation context from tensors (:class:`~gan_pipe.context.ReportContext`): the
+    samples are the first n rows of ``fake``, or drawn from ``generator`` and ``noise``
+    (shared within one ``step``, like a run's). Built by ``gan-pipe score`` and by
+    :func:`gan_pipe.testing.metric_context`."""
+
+    dataset: Dataset | None
+    device: Any
+    fake: Any = None
+    generator: Any = None
+    noise: Callable[..., Any] | None = None
+    discriminator: Any = None
+    tracker: Any = field(default_factory=MemoryTracker)
+    step: int = 0
+    eval_dir: str = "eval"
+    state: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    results: dict[str, float] = field(default_factory=dict)
+
+    def generate(self, n: int, batch_size: int = 1000) -> Any:
+        if self.fake is not None:
+            return self.fake[:n].to(self.device)
+        if self.generator is None or self.noise is None:
+            raise ValueError("this context has neither fake rows nor a generator and noise")
+        return generated(self, n, batch_size)

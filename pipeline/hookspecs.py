@@ -12,7 +12,9 @@ Two families of hooks:
   returning non-None first, or wrap it with ``wrapper=True``). ``evaluate`` and ``report``
   collect every plugin's contribution.
 * Event hooks ``gan_pipe_on_*``: the training loop announces steps and the end of training so
-  plugins (generator EMA, extra logging) can join without owning the loop.
+  plugins can join every run without owning the loop (extra logging, profiling). Something
+  a recipe turns on, with params and checkpointed state (a generator EMA), is a callback
+  instead: ``register_callbacks``.
 
 pluggy passes only the arguments an implementation names, so new arguments can be added to a
 hook without breaking any plugin. Arguments are never removed.
@@ -65,6 +67,16 @@ def register_regularizers(register: Register) -> None:
     with ``generator_term(x)`` and/or ``discriminator_term(x)``, each taking
     :class:`gan_pipe.context.LossInputs` and returning ``(scalar, extras)`` like a loss does.
     Feature matching is one: a generator-side term on an intermediate discriminator layer."""
+
+
+@hookspec
+def register_callbacks(register: Register) -> None:
+    """Register training callbacks: ``factory(params)`` returns an object with any of the
+    events of :class:`gan_pipe.context.Callback` (``on_step(ctx, step)``, ...), optionally
+    ``state_dict()``/``load_state_dict(state)`` (kept in every checkpoint) and
+    ``generator()`` (the network evaluation and reports use, e.g. an EMA). Recipes list
+    them under ``[[callbacks]]``; unlike the event hooks below, a callback runs only in the
+    runs whose recipe names it, with its own params."""
 
 
 @hookspec

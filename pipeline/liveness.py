@@ -13,20 +13,28 @@ the stale limit.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import secrets
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 HEARTBEAT = "gan_pipe.heartbeat"
 PID = "gan_pipe.pid"
 HOST = "gan_pipe.host"
 KILLED_REASON = "gan_pipe.killed_reason"
+#: Who holds the run: {"doing", "pid", "host", "time", "nonce"} as JSON (see :func:`claim`).
+CLAIM = "gan_pipe.claim"
 #: Tags of a failed or killed attempt, cleared when the run is resumed.
 ERROR_TAGS = ("gan_pipe.error", "gan_pipe.failed_stage", "gan_pipe.stage", KILLED_REASON)
 
 DEFAULT_FLUSH_SECONDS = 5.0
+#: How long a claimant on a store without a file lock waits before reading its claim back.
+DEFAULT_CLAIM_SECONDS = 2.0
 STALE_MARGIN_SECONDS = 30.0
 
 
@@ -136,12 +144,49 @@ def stale_message(run: Any, live: Liveness) -> str:
     return f"run {run.info.run_id} was RUNNING with no heartbeat{age}: its process{who} died"
 
 
+def _holder(run: Any) -> dict[str, Any]:
+    """The run's claim tag, parsed ({} if none or unreadable)."""
+    try:
+        held = json.loads(run.data.tags.get(CLAIM, "{}"))
+    except ValueError:
+        return {}
+    return held if isinstance(held, dict) else {}
+
+
+def _stop_hint(pid: Any, host: Any) -> str:
+    if host == this_host():
+        return f"stop it with Ctrl-C in its terminal or `kill {pid}`"
+    return f"stop it on {host} (Ctrl-C, or `kill {pid}` there)"
+
+
+def _busy(run_id: str, doing: str, pid: Any, host: Any, command: str, how: str) -> Any:
+    from .errors import UserError
+
+    return UserError(
+        f"run {run_id} is being {doing} by {how} (pid {pid} on host {host}); gan-pipe "
+        f"{command} would write into the same run. Wait for it to end or "
+        f"{_stop_hint(pid, host)}, then run gan-pipe {command} {run_id} again"
+    )
+
+
+def check_not_alive(run: Any, command: str) -> None:
+    """A UserError if a live process writes into ``run``."""
+    live = liveness(run)
+    if live.alive:
+        held = _holder(run)
+        doing = held.get("doing", "written") if str(held.get("pid")) == live.pid else "written"
+        if live.pid is None:
+            from .errors import UserError
+
+            raise UserError(f"run {run.info.run_id} is being written by {live.describe()}")
+        raise _busy(run.info.run_id, doing, live.pid, live.host, command, "a live process")
+
+
 def refuse_if_alive(run_id: str, command: str) -> Any:
     """The run (or None when the store has no such run); a UserError if a live process
     writes into it, so a second one never does."""
     from mlflow.exceptions import MlflowException
 
-    from .errors import UserError
     from .tracking import client
 
     c, _ = client()
@@ -149,18 +194,122 @@ def refuse_if_alive(run_id: str, command: str) -> Any:
         run = c.get_run(run_id)
     except MlflowException:
         return None  # the caller reports a missing run in its own words
-    live = liveness(run)
-    if not live.alive:
-        return run
-    if live.host == this_host():
-        stop = f"stop it with Ctrl-C in its terminal or `kill {live.pid}`"
-    else:
-        stop = f"stop it on {live.host} (Ctrl-C, or `kill {live.pid}` there)"
-    raise UserError(
-        f"run {run_id} is being written by a live process ({live.describe()}); "
-        f"gan-pipe {command} would write into the same run. Wait for it to end or {stop}, "
-        f"then run gan-pipe {command} {run_id} again"
+    check_not_alive(run, command)
+    return run
+
+
+# ------------------------------------------------------------------ claiming a run
+def claim_wait() -> float:
+    """Seconds a claim token is left before it is read back (``GAN_PIPE_CLAIM_SECONDS``)."""
+    return _env_seconds("GAN_PIPE_CLAIM_SECONDS", DEFAULT_CLAIM_SECONDS)
+
+
+def _lock_path(uri: str, run_id: str) -> Path | None:
+    """The lock file that makes claims on an sqlite store atomic; None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///") :])
+    return db.with_name(db.name + ".claims") / f"{run_id}.lock"
+
+
+class Claim:
+    """This process's exclusive right to write one run (see :func:`claim`)."""
+
+    def __init__(self, token: str, lock: IO[str] | None):
+        self.token = token
+        self._lock = lock
+
+    def release(self) -> None:
+        """Let another process claim the run (the caller removes the claim tag)."""
+        if self._lock is not None:
+            import fcntl
+
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+
+def _take_lock(path: Path, run_id: str, command: str) -> IO[str]:
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")  # noqa: SIM115 - held until Claim.release
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        try:
+            held = json.loads(fh.read() or "{}")
+        except ValueError:
+            held = {}
+        fh.close()
+        doing = held.get("doing", "written")
+        raise _busy(
+            run_id, doing, held.get("pid"), held.get("host"), command, "another process"
+        ) from None
+    return fh
+
+
+def claim(c: Any, uri: str, run_id: str, doing: str, command: str) -> Claim:
+    """Make this process the only writer of ``run_id`` (``doing``: "resumed", "evaluated").
+
+    Two processes that passed :func:`refuse_if_alive` at the same moment must not both write.
+    On an sqlite store an OS file lock beside it decides, held until :meth:`Claim.release`.
+    Elsewhere (a server) each claimant writes a token tag, waits ``claim_wait()`` seconds and
+    reads it back: the last writer wins and the others refuse, naming it. A claimant that
+    finds a live writer, or a fresh claim of another live process, refuses at once."""
+    token = json.dumps(
+        {
+            "doing": doing,
+            "pid": os.getpid(),
+            "host": this_host(),
+            "time": round(time.time()),
+            "nonce": secrets.token_hex(4),
+        }
     )
+    path = _lock_path(uri, run_id)
+    lock = _take_lock(path, run_id, command) if path is not None else None
+    try:
+        run = c.get_run(run_id)
+        check_not_alive(run, command)
+        held = _holder(run)
+        if _claim_fresh(held):
+            raise _busy(
+                run_id, held["doing"], held["pid"], held["host"], command, "another process"
+            )
+        if lock is not None:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(token)
+            lock.flush()
+        c.set_tag(run_id, CLAIM, token)
+        if lock is None:  # no lock: the last token written wins
+            time.sleep(claim_wait())
+            held = _holder(c.get_run(run_id))
+            if held.get("nonce") != json.loads(token)["nonce"]:
+                raise _busy(
+                    run_id,
+                    held.get("doing", "written"),
+                    held.get("pid"),
+                    held.get("host"),
+                    command,
+                    "another process",
+                )
+    except BaseException:
+        Claim(token, lock).release()
+        raise
+    return Claim(token, lock)
+
+
+def _claim_fresh(held: dict[str, Any]) -> bool:
+    """Whether a claim tag names another process that may still be writing."""
+    pid, host, when = held.get("pid"), held.get("host"), held.get("time")
+    if not isinstance(pid, int) or not isinstance(when, int | float) or not host:
+        return False
+    if host == this_host():
+        return pid != os.getpid() and pid_alive(pid)
+    return time.time() - when <= stale_after()
 
 
 def running(c: Any, experiment_ids: list[str]) -> list[tuple[Any, Liveness]]:

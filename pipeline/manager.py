@@ -46,6 +46,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gan_pipe.plugins.losses.wasserstein",
     "gan_pipe.plugins.losses.other",
     "gan_pipe.plugins.losses.feature_matching",
+    "gan_pipe.plugins.callbacks.ema",
     "gan_pipe.plugins.metrics.parzen",
     "gan_pipe.plugins.metrics.divergence",
     "gan_pipe.plugins.metrics.frechet",
@@ -58,6 +59,7 @@ REGISTER_HOOKS: dict[str, str | None] = {
     "register_architectures": None,  # the role decides: generator or discriminator
     "register_losses": "loss",
     "register_regularizers": "regularizer",
+    "register_callbacks": "callback",
     "register_metrics": "metric",
     "register_reports": "report",
 }

@@ -126,6 +126,25 @@ class ComponentRef(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class DataRef(ComponentRef):
+    """The dataset, and how its training rows reach the device (docs/performance.md)."""
+
+    stream: Literal["auto"] | bool = Field(
+        "auto",
+        description="false: the training split sits on the device as one tensor (the fast "
+        "path); true: batches stream from host memory or disk through a DataLoader with "
+        "workers (same batches, same order); auto: stream when the dataset declares it does "
+        "not fit, loads rows on demand (image-folder with lazy decoding), or takes more than "
+        "half of the GPU's free memory",
+    )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="loader processes when streaming (0: load in the training process; "
+        "default: one per CPU core but one, at most 8)",
+    )
+
+
 class Experiment(_Strict):
     name: Name = Field(description=f"MLflow experiment name; runs are named after it ({NAME_RULE})")
     seed: int = Field(0, description="seed of torch, numpy and Python's random")
@@ -225,6 +244,11 @@ class Train(_Strict):
     amp: Literal["auto", "off", "bf16"] = Field(
         "auto", description="mixed precision: auto = bf16 on CUDA, off on CPU"
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the generator and the discriminator (mode 'default'); the "
+        "seconds spent compiling are logged apart as perf/compile_seconds",
+    )
     log_every: int = Field(10, gt=0, description="log losses every N generator steps")
     sample_every: int = Field(
         0, ge=0, description="log a sample grid every N steps (0: 10 per run)"
@@ -252,6 +276,13 @@ class Train(_Strict):
         "checkpoint is saved); rollback = go back to the last logging step whose values were "
         "finite with the learning rates times rollback_lr_factor, at most max_rollbacks times, "
         "then stop; ignore = train on",
+    )
+    max_abs_value: float = Field(
+        1e6,
+        ge=0,
+        description="a training scalar (a loss, a critic mean, ...) or a weight of G or D "
+        "whose magnitude exceeds this counts as diverged, like NaN (train.on_nonfinite "
+        "applies); 0 turns this check off and keeps only the NaN/inf check",
     )
     rollback_lr_factor: float = Field(
         0.5,
@@ -348,11 +379,16 @@ class Recipe(_Strict):
     """A whole experiment."""
 
     experiment: Experiment
-    data: ComponentRef
+    data: DataRef
     model: Model
     loss: ComponentRef
     regularizers: list[ComponentRef] = Field(
         default_factory=list, description="extra loss terms, e.g. feature matching"
+    )
+    callbacks: list[ComponentRef] = Field(
+        default_factory=list,
+        description="training callbacks, e.g. a generator EMA; they run in this order, "
+        "before gan-pipe's own sample frames, evaluations and checkpoints",
     )
     noise: Noise = Field(default_factory=Noise)
     train: Train = Field(default_factory=Train)
@@ -591,6 +627,7 @@ def component_refs(recipe: Recipe) -> list[tuple[str, str, ComponentRef]]:
         ("loss", "loss", recipe.loss),
     ]
     refs += [(f"regularizers.{i}", "regularizer", r) for i, r in enumerate(recipe.regularizers)]
+    refs += [(f"callbacks.{i}", "callback", c) for i, c in enumerate(recipe.callbacks)]
     refs += [(f"evaluate.metrics.{i}", "metric", m) for i, m in enumerate(recipe.evaluate.metrics)]
     refs += [(f"report.{i}", "report", r) for i, r in enumerate(recipe.report)]
     return refs
@@ -680,8 +717,14 @@ def json_schema(registry: Registry) -> dict[str, Any]:
 
     props = schema["properties"]
     props["data"] = slot("dataset")
+    loading = {
+        k: v for k, v in defs["DataRef"]["properties"].items() if k not in ("name", "params")
+    }
+    for option in props["data"].get("oneOf", []):
+        option["properties"].update(loading)
     props["loss"] = slot("loss")
     props["regularizers"]["items"] = slot("regularizer")
+    props["callbacks"]["items"] = slot("callback")
     props["report"]["items"] = slot("report")
     defs["Model"]["properties"] = {
         "generator": slot("generator"),

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import distributed
 from .errors import RecipeError, UserError
-from .evaluation import evaluate
+from .evaluation import evaluate_and_log
 from .facade import Plugins
 from .liveness import ERROR_TAGS, liveness, refuse_if_alive, stale_message
 from .recipe import ResolvedRecipe, apply_override, parse_override, resolve
@@ -34,6 +34,7 @@ from .runner import (
     rank_device,
     seed_everything,
 )
+from .spool import sync_before_resume
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def load_logged_run(
     from mlflow.exceptions import MlflowException
 
     try:
-        tracker = Tracker("", "", attach_to=run_id)
+        tracker = Tracker.attach(run_id)
     except MlflowException:
         raise UserError(
             f"no run {run_id!r} in the store {_store()}; "
@@ -168,14 +169,14 @@ def reevaluate(
     ctx.generator.load_state_dict(state["generator"])
     if ctx.discriminator is not None and "discriminator" in state:
         ctx.discriminator.load_state_dict(state["discriminator"])
+    ctx.callbacks.load_state_dict(state.get("callbacks", {}))  # an EMA: what the run scored
     ctx.step = int(state["step"])
     ctx.generator.eval()
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{secrets.token_hex(2)}"  # unique per call
     where = f"eval/reevaluate-{stamp}"
     try:
-        tracker.claim()
-        results = evaluate(ctx, where)
-        tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, ctx.step)
+        tracker.claim("evaluated")
+        results = evaluate_and_log(ctx, where, final=True)
         tracker.log_dict(
             {"evaluate": resolved.to_dict()["evaluate"], "results": results, "step": ctx.step},
             f"{where}/settings.json",
@@ -213,8 +214,9 @@ def resume(
     edit = _overrides(items, ("train.steps", "train.epochs", "train.progress"), "resume")
     distributed.start()
     # under torchrun rank 0 checks the run first; then every rank loads the same checkpoint
+    check = (note or log.info) if distributed.is_main() else None
     found, resolved, state = distributed.main_first(
-        lambda: _resumable(run_id, plugins, edit, distributed.is_main())
+        lambda: _resumable(run_id, plugins, edit, check)
     )
     device = rank_device(resolved.recipe.experiment.device)
     if note is not None and found is not None:
@@ -222,7 +224,7 @@ def resume(
     if not distributed.is_main():
         tracker: Any = distributed.RankTracker()
     else:  # checked: only now is the run reopened (a refused resume leaves it as it was)
-        tracker = Tracker("", "", attach_to=run_id, reopen=True)
+        tracker = Tracker.reopen(run_id)
         for key in ERROR_TAGS:  # the failed or killed attempt's tags describe it no more
             if found is not None and key in found.data.tags:
                 tracker.client.delete_tag(run_id, key)
@@ -240,12 +242,19 @@ def resume(
 
 
 def _resumable(
-    run_id: str, plugins: Plugins, edit: Callable[[dict[str, Any]], None], check: bool
+    run_id: str,
+    plugins: Plugins,
+    edit: Callable[[dict[str, Any]], None],
+    check: Callable[[str], None] | None,
 ) -> tuple[Any, ResolvedRecipe, dict[str, Any]]:
     """(the run as found, its resolved recipe, its last checkpoint), once the run is checked
-    resumable: no live process writes it (with ``check``), training is left to do and the
-    global batch splits among the processes."""
-    found = refuse_if_alive(run_id, "resume") if check else None
+    resumable: with ``check`` (rank 0; it hears what a spool sync did), the run's spool is
+    uploaded and no live process writes it; training is left to do and the global batch
+    splits among the processes."""
+    found = None
+    if check is not None:
+        sync_before_resume(run_id, check)
+        found = refuse_if_alive(run_id, "resume")
     _, resolved, state = load_logged_run(run_id, plugins, edit, "resume")
     total = resolved.recipe.train.steps
     if total is not None and total <= int(state["step"]):

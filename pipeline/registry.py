@@ -16,10 +16,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
+from .callback_list import EVENTS
 from .errors import PluginError, UserError, did_you_mean
 
 #: The kinds of components, in the order the stages use them.
-KINDS = ("dataset", "generator", "discriminator", "loss", "regularizer", "metric", "report")
+KINDS = (
+    "dataset",
+    "generator",
+    "discriminator",
+    "loss",
+    "regularizer",
+    "callback",
+    "metric",
+    "report",
+)
 
 
 def _unusable(data: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any, str]]:
@@ -296,13 +306,15 @@ _CONTRACTS: dict[str, tuple[tuple[str, ...], Callable[[Any], bool]]] = {
     "regularizer": (("generator_term", "discriminator_term"), any),
     "metric": (("compute",), all),
     "report": (("run",), all),
+    "callback": ((*EVENTS, "generator"), any),
 }
 
 
 def check_contract(component: Component, obj: Any) -> Any:
     """``obj`` (what ``component``'s factory built) if it has the methods its kind needs
     (a loss both losses, a regularizer at least one term, a metric ``compute``, a report
-    ``run``); a :class:`PluginError` naming the component and its plugin otherwise."""
+    ``run``, a callback at least one event or ``generator``); a :class:`PluginError`
+    naming the component and its plugin otherwise."""
     need = _CONTRACTS.get(component.kind)
     if need is not None:
         methods, how = need

@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__, distributed
 from .context import RunContext
 from .errors import UserError
-from .evaluation import evaluate
+from .evaluation import evaluate_and_log
 from .facade import Plugins
 from .recipe import ResolvedRecipe, flatten
 from .tracking import Tracker
@@ -180,6 +180,7 @@ def run_params(resolved_dict: dict[str, Any]) -> dict[str, Any]:
     d = dict(resolved_dict)
     lists = {
         "regularizers": (d.pop("regularizers"), lambda r: r["name"]),
+        "callbacks": (d.pop("callbacks"), lambda c: c["name"]),
         "report": (d.pop("report"), lambda r: r["name"]),
         "evaluate.metrics": (
             d.pop("evaluate")["metrics"],
@@ -248,7 +249,7 @@ def run(
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     tracker = distributed.tracker_for_rank(
-        lambda: Tracker(recipe.experiment.name, run_name, tags=tags)
+        lambda: Tracker.start(recipe.experiment.name, run_name, tags=tags)
     )
     ctx = new_context(resolved, plugins, tracker, device)
 
@@ -273,6 +274,16 @@ def _try(error: BaseException, what: str, step: Callable[[], Any]) -> None:
             "%s failed while handling %s: %s: %s", what, type(error).__name__, type(e).__name__, e
         )
         error.add_note(f"(while handling it, {what} failed: {type(e).__name__}: {e})")
+
+
+def _closed_note(tracker: Tracker) -> str:
+    """Where the run's FAILED status is: in the store, or in its spool for gan-pipe sync."""
+    if tracker.spool.pending():
+        return (
+            f"MLflow run {tracker.run_id} ends FAILED with this error once gan-pipe sync "
+            f"{tracker.run_id} uploads what is kept in {tracker.spool.dir}"
+        )
+    return f"MLflow run {tracker.run_id} is marked FAILED with this error"
 
 
 def execute(
@@ -310,9 +321,7 @@ def execute(
                 if main:
                     plugins.on_train_end(ctx)
             elif stage == "evaluate":
-                results = evaluate(ctx)
-                ctx.results.update(results)
-                tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, ctx.step)
+                evaluate_and_log(ctx, final=True)
                 tracker.flush()
             elif stage == "report":
                 plugins.report(ctx)
@@ -331,7 +340,7 @@ def execute(
         failed = e  # (``e`` itself is unbound for closures once the block ends)
         _try(e, "the on_stage_error hook", lambda: plugins.on_stage_error(ctx, stage, failed))
         _try(e, "closing the run", lambda: tracker.end("FAILED", error=failed))
-        e.add_note(f"MLflow run {tracker.run_id} is marked FAILED with this error")
+        e.add_note(_closed_note(tracker))
         raise
     perf["perf/wall_time_s"] = time.perf_counter() - started
     tracker.log_metrics({"perf/wall_time_s": perf["perf/wall_time_s"]}, ctx.step)

@@ -1,8 +1,9 @@
 """Scoring sample files with any registered metric (``gan-pipe score``).
 
-Metrics see the same interface they see in a run: ``ctx.dataset`` (here built from the real
-samples), ``ctx.generate(n)`` (here the first n rows of the fake samples), ``ctx.device`` and
-``ctx.tracker`` (here one that keeps what metrics log, so nothing touches MLflow).
+Metrics see the same interface they see in a run (:class:`gan_pipe.context.EvalContext`):
+``ctx.dataset`` (here built from the real samples), ``ctx.generate(n)`` (here the first n rows
+of the fake samples), ``ctx.device`` and ``ctx.tracker`` (here a :class:`MemoryTracker`, so
+nothing touches MLflow).
 """
 
 from __future__ import annotations
@@ -17,45 +18,20 @@ from pydantic import ValidationError
 
 from .context import Dataset
 from .errors import RecipeError, UserError, did_you_mean
-from .evaluation import add_values, isolated_rng
+from .evaluation import MemoryTracker as MemoryTracker  # noqa: F401  (re-exported)
+from .evaluation import SampleContext, add_values, isolated_rng
 from .recipe import format_validation_errors, parse_override
 from .registry import Registry
-
-
-class MemoryTracker:
-    """Collects what metrics would log; used where there is no MLflow run."""
-
-    def __init__(self) -> None:
-        self.dicts: dict[str, Any] = {}
-        self.metrics: dict[str, float] = {}
-
-    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
-        self.dicts[artifact_file] = data
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.metrics.update(metrics)
-
-    def __getattr__(self, name: str) -> Any:  # figures, images, artifacts: dropped
-        if name.startswith("log_") or name in ("set_tags", "flush"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
+from .sample_files import _check_magnitude, _conform, load_samples
 
 
 @dataclass
-class ScoreContext:
-    """The slice of :class:`gan_pipe.context.RunContext` that metrics use."""
+class ScoreContext(SampleContext):
+    """The context metrics see in ``gan-pipe score``: the fake file's rows; a request for more
+    rows than it has gets a note (``notes``) naming the ``--param`` to change."""
 
-    dataset: Dataset
-    fake: Any
-    device: Any
-    tracker: MemoryTracker = field(default_factory=MemoryTracker)
-    step: int = 0
     notes: list[str] = field(default_factory=list)
     metric: str = ""
-    #: where metrics would put files (kept in memory here; see RunContext.eval_dir)
-    eval_dir: str = "eval"
-    #: what metrics keep between calls (see RunContext.state)
-    state: dict[str, Any] = field(default_factory=dict)
 
     def generate(self, n: int, batch_size: int = 0) -> Any:
         if n > len(self.fake):
@@ -65,14 +41,17 @@ class ScoreContext:
             )
             if note not in self.notes:
                 self.notes.append(note)
-        return self.fake[:n].to(self.device)
+        return super().generate(n)
 
 
 #: What metrics need from a dataset that sample files cannot carry: a check, what it is, and
 #: the built-in datasets that have it (for the hint to pass --dataset).
 _NEEDS: dict[str, tuple[Callable[[Dataset], bool], str, str]] = {
     "modes": (
-        lambda ds: "modes" in ds.info and "mode_std" in ds.info,
+        lambda ds: (
+            (ds.modes is not None and ds.mode_std is not None)
+            or ("modes" in ds.info and "mode_std" in ds.info)
+        ),
         "the mode centres of a known mixture",
         "ring8|grid25|gaussian-1d",
     ),
@@ -82,10 +61,6 @@ _NEEDS: dict[str, tuple[Callable[[Dataset], bool], str, str]] = {
         "digits|mnist|fashion-mnist",
     ),
 }
-
-#: A .npy file starts with this, a .npz file (a zip archive) with the second.
-_MAGIC = (b"\x93NUMPY", b"PK\x03\x04")
-
 
 @dataclass
 class ScoreDataset(Dataset):
@@ -111,143 +86,6 @@ def parse_range(text: str) -> tuple[float, float]:
         example = f"{hi:g},{lo:g}" if lo > hi else "-1,1"
         raise UserError(f"--range {text!r}: LO must be below HI, e.g. {example}")
     return lo, hi
-
-
-def _read_array(path: Path, what: str) -> Any:
-    """The one numeric array in a .npy or .npz file."""
-    import numpy as np
-
-    if not path.exists():
-        raise UserError(f"--{what}: file {path} not found")
-    if not path.is_file():
-        raise UserError(f"--{what}: {path} is not a file")
-    with path.open("rb") as f:
-        head = f.read(6)
-    if not head.startswith(_MAGIC):
-        raise UserError(
-            f"--{what}: {path} is not a .npy/.npz array file (no numpy header: a text, CSV or "
-            "pickle file?); save the samples with numpy.save(path, array)"
-        )
-    objects = (
-        f"--{what}: {path} holds Python objects (dtype object), not a numeric array; save "
-        "one, e.g. numpy.save(path, numpy.asarray(samples, dtype=numpy.float32))"
-    )
-    try:
-        arr = np.load(path, allow_pickle=False)
-        if hasattr(arr, "files"):
-            if len(arr.files) != 1:
-                raise UserError(
-                    f"--{what}: {path} holds {len(arr.files)} arrays; give a file with one"
-                )
-            arr = arr[arr.files[0]]
-    except UserError:
-        raise
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise UserError(objects) from None
-        raise UserError(f"--{what}: {path} is not a readable .npy/.npz array ({e})") from None
-    except Exception as e:  # numpy raises several types for a damaged file
-        raise UserError(f"--{what}: {path} is not a readable .npy/.npz array ({e})") from None
-    if arr.dtype == object:
-        raise UserError(objects)
-    if np.iscomplexobj(arr):
-        raise UserError(
-            f"--{what}: {path} holds complex values ({arr.dtype}); metrics score real numbers: "
-            "save the part you mean, e.g. samples.real or numpy.abs(samples)"
-        )
-    if not np.issubdtype(arr.dtype, np.number):
-        raise UserError(f"--{what}: {path} holds {arr.dtype} values, not numbers")
-    return arr
-
-
-def _bad_rows(path: Path, mask: Any) -> str:
-    """E.g. "a.npy has 3 rows (of 200; the first is row 17)", for a boolean mask over rows."""
-    import numpy as np
-
-    idx = np.flatnonzero(mask)
-    rows = "1 row" if len(idx) == 1 else f"{len(idx)} rows"
-    return f"{path} has {rows} (of {len(mask)}; the first is row {idx[0]})"
-
-
-def load_samples(path: Path, what: str) -> Any:
-    """A .npy (or .npz with one array) file of samples, rows first, as a float tensor of the
-    file's precision: float32 for float32 and small-int files, float64 for float64 and wide-int
-    ones (a float32 cast would erase the spread of data far from 0: N(1e8, 0.5) rounds to a
-    few values). Checked in the file's own dtype (every value finite, squares finite); each
-    metric casts what it needs (Parzen after mapping to [0, 1], see _check_magnitude).
-    """
-    import numpy as np
-    import torch
-
-    arr = _read_array(path, what)
-    if arr.ndim == 1:
-        arr = arr[:, None]  # a 1-D file is n samples of one value
-    if arr.ndim < 2 or len(arr) < 2 or math.prod(arr.shape[1:]) == 0:
-        raise UserError(
-            f"--{what}: {path} must hold at least 2 samples as rows of at least one value, "
-            f"got shape {arr.shape}"
-        )
-    rows = arr.reshape(len(arr), -1)  # checked in the file's own dtype: nothing rounds yet
-    bad = ~np.isfinite(rows).all(axis=1)
-    if bad.any():
-        raise UserError(
-            f"--{what}: {_bad_rows(path, bad)} with NaN or infinite values; drop them "
-            "first, e.g. x = x[numpy.isfinite(x.reshape(len(x), -1)).all(axis=1)]"
-            + (" (a generator that outputs NaN has diverged)" if what == "fake" else "")
-        )
-    top = float(np.abs(rows).max())
-    if top > 1e150:
-        raise UserError(
-            f"--{what}: {path} holds values up to {top:.3g}: their squares overflow even "
-            "float64; rescale the samples"
-        )
-    # the file's precision: float32 (and small ints) stay float32 as in a run; float64 (and
-    # wide ints) stay float64, so data far from 0 keep their spread
-    dtype = np.result_type(arr.dtype, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=dtype))
-
-
-def _check_magnitude(x: Any, ds: Dataset, what: str, path: Path, where: str) -> None:
-    """Reject values whose squared distances would overflow float32 once mapped to [0, 1]."""
-    lo, hi = ds.value_range
-    top = float(((x.double() - lo) / (hi - lo)).abs().max())
-    limit = math.sqrt(3.4e38 / math.prod(x.shape[1:])) * 1e-3  # room for sums and 1/sigma^2
-    if top > limit:
-        raise UserError(
-            f"--{what}: {path} holds values up to {float(x.abs().max()):.3g}, too large for "
-            f"{where}: squared distances between rows would overflow float32; "
-            + (
-                "give the data's range with --range LO,HI, or rescale the samples"
-                if where.startswith("--range")
-                else "give samples in the dataset's scale"
-            )
-        )
-
-
-def _values(shape: tuple[int, ...]) -> str:
-    n = math.prod(shape)
-    return "1 value" if n == 1 else f"{n} values"
-
-
-def _conform(x: Any, ds: Dataset, what: str, path: Path, notes: list[str]) -> Any:
-    """Rows of ``x`` in the dataset's sample shape: as they are, or reshaped when that keeps
-    every value in place (flat rows, or shapes equal but for size-1 axes: (H, W) images of a
-    (1, H, W) dataset); else a UserError (a channels-last (H, W, 3) file needs a transpose)."""
-    row, shape = tuple(x.shape[1:]), tuple(ds.shape)
-    if row == shape:
-        return x
-    squeezed = [d for d in row if d != 1] == [d for d in shape if d != 1]
-    if math.prod(row) == math.prod(shape) and (len(row) == 1 or len(shape) == 1 or squeezed):
-        notes.append(
-            f"--{what}: rows of {_values(row)} reshaped to the sample shape {shape} "
-            f"of dataset {ds.name}"
-        )
-        return x.reshape(len(x), *shape)
-    raise UserError(
-        f"--{what}: {path} has rows of shape {row} ({_values(row)}), but dataset {ds.name!r} "
-        f"has samples of shape {shape} ({_values(shape)}); give samples of that dataset, or "
-        "leave out --dataset"
-    )
 
 
 def _parse_params(items: list[str], metrics: list[str], known: list[str]) -> dict[str, dict]:
@@ -354,28 +192,12 @@ def _range_notes(ds: ScoreDataset, files: dict[str, Any], users: list[str], wher
     return notes
 
 
-def score(
-    registry: Registry,
-    real_path: Path,
-    fake_path: Path,
-    metrics: list[str],
-    params: list[str] | None = None,
-    value_range: tuple[float, float] | None = None,
-    dataset: str | None = None,
-    device: str = "cpu",
-) -> tuple[dict[str, float], list[str]]:
-    """Compute metrics on two sample files; returns (values, notes).
-
-    ``value_range`` defaults to (0, 1); with ``dataset`` it is the dataset's, and a different
-    one is an error (its modes, density and labelled images are in that scale). With
-    ``dataset`` the rows must have its sample shape (flat rows of an image dataset's size are
-    reshaped); it adds what it knows, while the real rows are always ``real_path``'s.
-    """
-    import torch
-
-    metrics = list(dict.fromkeys(metrics))  # -m parzen -m parzen runs it once
+def _validated(
+    registry: Registry, metrics: list[str], params: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metrics' components and their ``--param`` values validated."""
     comps = {name: registry.get("metric", name) for name in metrics}
-    per_metric = _parse_params(params or [], metrics, registry.names("metric"))
+    per_metric = _parse_params(params, metrics, registry.names("metric"))
     validated = {}
     for name, comp in comps.items():
         try:
@@ -383,12 +205,18 @@ def score(
         except ValidationError as e:
             lines = format_validation_errors(e, comp.params, prefix=name)
             raise UserError("bad --param: " + "; ".join(lines)) from None
+    return comps, validated
 
-    notes: list[str] = []
-    base = None
-    if dataset is not None:
-        comp = registry.get("dataset", dataset)
-        base = comp.factory(comp.params.model_validate({}))
+
+def _load_files(
+    real_path: Path,
+    fake_path: Path,
+    base: Dataset | None,
+    dataset: str | None,
+    value_range: tuple[float, float] | None,
+    notes: list[str],
+) -> tuple[Any, Any]:
+    """Both sample files, in ``base``'s sample shape where a dataset is given."""
     real = load_samples(real_path, "real")
     fake = load_samples(fake_path, "fake")
     if base is not None:
@@ -412,13 +240,10 @@ def score(
                 else ""
             )
         )
-    ds = _score_dataset(real, real_path.stem, base, value_range or (0.0, 1.0))
-    lo, hi = ds.value_range
-    where = (
-        f"--range {lo:g},{hi:g}" if base is None else f"the value range {lo:g},{hi:g} of {dataset}"
-    )
-    _check_magnitude(real, ds, "real", real_path, where)
-    _check_magnitude(fake, ds, "fake", fake_path, where)
+    return real, fake
+
+
+def _check_needs(ds: Dataset, metrics: list[str], dataset: str | None) -> None:
     for name in metrics:
         need = _NEEDS.get(name)
         if need is not None and not need[0](ds):
@@ -432,31 +257,77 @@ def score(
                 f"with --dataset {need[2]}"
             )
 
+
+def _compute(
+    ctx: ScoreContext, comps: dict[str, Any], validated: dict[str, Any], scale: str
+) -> tuple[dict[str, float], list[str]]:
+    """Each metric under its own RNG seeded with 0; returns (values, metrics that mapped the
+    samples to [0, 1]). Notes (a sigma at the grid's edge) go to ``ctx.notes``."""
+    values: dict[str, float] = {}
+    owners: dict[str, str] = {}
+    range_users: list[str] = []
+    ds = ctx.dataset
+    for name, comp in comps.items():
+        p = validated[name]
+        ctx.metric, ds.mapped = name, False
+        with isolated_rng(0, ctx.device):  # a metric's own randomness: the same every call
+            result = dict(comp.factory(p).compute(ctx))
+        add_values(values, owners, result, f"-m {name}", "score them in separate calls")
+        if ds.mapped:
+            range_users.append(name)
+        if result.get("parzen_sigma_at_edge", 0) != 0:
+            grid = p.sigmas
+            ctx.notes.append(
+                f"{name}: the chosen sigma {result['parzen_sigma']:.3g} is at the edge of "
+                f"the grid [{min(grid):.3g}, {max(grid):.3g}]; the best sigma may lie "
+                f"outside it (check {scale}, or --param {name}.sigmas=[...])"
+            )
+    return values, range_users
+
+
+def score(
+    registry: Registry,
+    real_path: Path,
+    fake_path: Path,
+    metrics: list[str],
+    params: list[str] | None = None,
+    value_range: tuple[float, float] | None = None,
+    dataset: str | None = None,
+    device: str = "cpu",
+) -> tuple[dict[str, float], list[str]]:
+    """Compute metrics on two sample files; returns (values, notes).
+
+    ``value_range`` defaults to (0, 1); with ``dataset`` it is the dataset's, and a different
+    one is an error (its modes, density and labelled images are in that scale). With
+    ``dataset`` the rows must have its sample shape (flat rows of an image dataset's size are
+    reshaped); it adds what it knows, while the real rows are always ``real_path``'s.
+    """
+    import torch
+
+    metrics = list(dict.fromkeys(metrics))  # -m parzen -m parzen runs it once
+    comps, validated = _validated(registry, metrics, params or [])
+    notes: list[str] = []
+    base = None
+    if dataset is not None:
+        comp = registry.get("dataset", dataset)
+        base = comp.factory(comp.params.model_validate({}))
+    real, fake = _load_files(real_path, fake_path, base, dataset, value_range, notes)
+    ds = _score_dataset(real, real_path.stem, base, value_range or (0.0, 1.0))
+    lo, hi = ds.value_range
+    where = (
+        f"--range {lo:g},{hi:g}" if base is None else f"the value range {lo:g},{hi:g} of {dataset}"
+    )
+    _check_magnitude(real, ds, "real", real_path, where)
+    _check_magnitude(fake, ds, "fake", fake_path, where)
+    _check_needs(ds, metrics, dataset)
     kde = "divergences" in metrics and getattr(validated["divergences"], "kde", False)
     if kde and base is not None and base.log_density is not None and base.sample is not None:
         note = _density_note(base, real, dataset)
         if note:
             notes.append(note)
     ctx = ScoreContext(dataset=ds, fake=fake, device=torch.device(device), notes=notes)
-    values: dict[str, float] = {}
-    owners: dict[str, str] = {}
-    range_users: list[str] = []
     scale = "--range" if base is None else "the samples' scale"
-    for name in metrics:
-        p = validated[name]
-        ctx.metric, ds.mapped = name, False
-        with isolated_rng(0, ctx.device):  # a metric's own randomness: the same every call
-            result = dict(comps[name].factory(p).compute(ctx))
-        add_values(values, owners, result, f"-m {name}", "score them in separate calls")
-        if ds.mapped:
-            range_users.append(name)
-        if result.get("parzen_sigma_at_edge", 0) != 0:
-            grid = p.sigmas
-            notes.append(
-                f"{name}: the chosen sigma {result['parzen_sigma']:.3g} is at the edge of "
-                f"the grid [{min(grid):.3g}, {max(grid):.3g}]; the best sigma may lie "
-                f"outside it (check {scale}, or --param {name}.sigmas=[...])"
-            )
+    values, range_users = _compute(ctx, comps, validated, scale)
     if range_users and (base is None or ds.is_image):
         notes += _range_notes(ds, {"real": real, "fake": fake}, range_users, where)
     return values, notes

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 import re
@@ -38,14 +39,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import liveness
+from .link import MAX_BATCH, Link, Sender, TrackingUnavailable
+from .spool import Spool, missing_points
 
 if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: MLflow accepts at most 1000 metrics per log_batch call.
-MAX_BATCH = 1000
 MAX_PARAM_LEN = 6000
 
 
@@ -197,57 +198,79 @@ def get_or_create_experiment(c: Any, name: str, artifact_location: str | None) -
 class Tracker:
     """Logging for one MLflow run. Plugins log through ``ctx.tracker``."""
 
-    def __init__(
-        self,
-        experiment: str,
-        run_name: str,
-        tags: dict[str, str] | None = None,
-        attach_to: str | None = None,
-        reopen: bool = False,
-    ):
-        """Start a new run, or with ``attach_to`` log into an existing run without touching
-        its status (``gan-pipe evaluate`` adds results to a finished run); with ``reopen`` too,
-        the run is RUNNING again and :meth:`end` sets its new status (``gan-pipe resume``).
-
-        A new or reopened run is claimed at once (pid, host, heartbeat); an attached tracker
-        only reads until :meth:`claim` is called before it writes."""
+    def __init__(self, mlflow_client: Any, run: Any, attached: bool = False):
+        """The state every use shares; make a tracker with :meth:`start`, :meth:`attach` or
+        :meth:`reopen`, which say what happens to the run."""
         import mlflow
 
         self._mlflow = mlflow
-        self.client, artifact_location = client()
+        self.client = mlflow_client
         self.uri = mlflow.get_tracking_uri()
+        self.link = Link(self.uri)
         self._buffer: list[Any] = []
         #: the newest value logged per metric key by this process (the Metric, with its step)
         self.latest: dict[str, Any] = {}
-        self._pending: list[Any] = []
         self._deferred: list[Callable[[], None]] | None = None
         self._closed = False
         self.flush_seconds = liveness.flush_interval()
         self._last_flush = time.monotonic()
         self._stop = threading.Event()
         self._beating: threading.Thread | None = None
-        self.attached = attach_to is not None and not reopen
-        if attach_to is not None:
-            self.run = self.client.get_run(attach_to)
-            self.run_id: str = attach_to
-            self.experiment_id = self.run.info.experiment_id
-            if reopen:
-                mlflow.start_run(run_id=attach_to)
-        else:
-            exp_id = get_or_create_experiment(self.client, experiment, artifact_location)
-            self.experiment_id = exp_id
-            tags = {**(tags or {}), **liveness.identity()}
-            self.run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
-            self.run_id = self.run.info.run_id
-            self._start_heartbeat()
-            return
-        if reopen:
-            self.claim()
+        self._claim: liveness.Claim | None = None
+        self.attached = attached
+        self.run = run
+        self.run_id: str = run.info.run_id
+        self.experiment_id = run.info.experiment_id
+        self.spool = Spool(self.run_id, self.uri)
+        self.link.hint = (
+            f"What run {self.run_id} could not send is kept in {self.spool.dir}: upload it "
+            f"with gan-pipe sync {self.run_id} once the server answers, then continue the run "
+            f"with gan-pipe resume {self.run_id}"
+        )
+        self._sender = Sender(self.link, self._send_metrics)
+
+    @classmethod
+    def start(cls, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> Tracker:
+        """A new RUNNING run in ``experiment`` (created if missing), claimed by this process
+        at once (pid, host, heartbeat)."""
+        import mlflow
+
+        mlflow_client, artifact_location = client()
+        exp_id = get_or_create_experiment(mlflow_client, experiment, artifact_location)
+        tags = {**(tags or {}), **liveness.identity()}
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
+        tracker = cls(mlflow_client, run)
+        tracker._start_heartbeat()
+        return tracker
+
+    @classmethod
+    def attach(cls, run_id: str) -> Tracker:
+        """Log into an existing run without touching its status (``gan-pipe evaluate`` adds
+        results to a finished run); it only reads until :meth:`claim` is called."""
+        mlflow_client, _ = client()
+        return cls(mlflow_client, mlflow_client.get_run(run_id), attached=True)
+
+    @classmethod
+    def reopen(cls, run_id: str) -> Tracker:
+        """Continue an existing run (``gan-pipe resume``): claimed first, so a process that
+        loses the claim changes nothing, then RUNNING again; :meth:`end` sets its new
+        status."""
+        import mlflow
+
+        mlflow_client, _ = client()
+        tracker = cls(mlflow_client, mlflow_client.get_run(run_id))
+        tracker.claim("resumed")
+        mlflow.start_run(run_id=run_id)
+        return tracker
 
     # ------------------------------------------------------------ heartbeat
-    def claim(self) -> None:
-        """Mark the run as written by this process (pid, host, heartbeat) until :meth:`end`."""
+    def claim(self, doing: str = "written") -> None:
+        """Make this process the run's only writer (see :func:`.liveness.claim`) and mark it
+        as such (pid, host, heartbeat) until :meth:`end`; a UserError if another process
+        writes it or claimed it first."""
         if self._beating is None:
+            command = {"resumed": "resume", "evaluated": "evaluate"}.get(doing, "resume")
+            self._claim = liveness.claim(self.client, self.uri, self.run_id, doing, command)
             self.set_tags(liveness.identity())
             self._start_heartbeat()
 
@@ -256,12 +279,12 @@ class Tracker:
         :meth:`end` (or until this tracker is garbage): long stages that log nothing
         (evaluation, a slow download) stay alive."""
         me, stop, c, run_id = weakref.ref(self), self._stop, self.client, self.run_id
-        every = self.flush_seconds
+        every, link = self.flush_seconds, self.link
 
         def beat() -> None:
             while not stop.wait(every) and me() is not None:
                 try:
-                    c.set_tag(run_id, liveness.HEARTBEAT, f"{time.time():.0f}")
+                    link.call(lambda: c.set_tag(run_id, liveness.HEARTBEAT, f"{time.time():.0f}"))
                 except Exception as e:  # noqa: BLE001 - a missed beat must not kill training
                     log.debug("heartbeat of run %s failed: %s", run_id, e)
 
@@ -270,58 +293,99 @@ class Tracker:
         self._beating.start()
 
     def _stop_heartbeat(self) -> None:
-        """Stop beating and remove the heartbeat tag: no live process writes this run now."""
+        """Stop beating and remove the heartbeat and claim tags: no live process writes this
+        run now (in an outage they stay: ``gan-pipe sync`` removes them)."""
         self._stop.set()
         if self._beating is None:
             return  # never claimed: nothing written
         self._beating.join(timeout=5)  # one beat stuck on a dead server is left behind
-        if liveness.HEARTBEAT in self.client.get_run(self.run_id).data.tags:
-            self.client.delete_tag(self.run_id, liveness.HEARTBEAT)
+
+        def untag() -> None:
+            tags = self.client.get_run(self.run_id).data.tags
+            for key in (liveness.HEARTBEAT, liveness.CLAIM):
+                if key in tags:
+                    self.client.delete_tag(self.run_id, key)
+
+        try:
+            self.link.call(untag)
+        finally:
+            if self._claim is not None:
+                self._claim.release()
 
     # ------------------------------------------------------------ metrics
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Buffer metric values for ``step``; sent asynchronously in batches."""
+        """Buffer metric values for ``step``; sent by a background thread in batches. Raises
+        :class:`.link.TrackingUnavailable` once the server has been down past the limit."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         new = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
         self._buffer.extend(new)
         self.latest.update((m.key, m) for m in new)
+        self.link.check()
         if (
             len(self._buffer) >= MAX_BATCH
             or time.monotonic() - self._last_flush >= self.flush_seconds
         ):
             self.flush(wait=False)
 
+    def _send_metrics(self, chunk: list[Any], again: bool) -> None:
+        """One batch, in the sender's thread; sent ``again`` after a failed attempt, only the
+        points that did not land then."""
+        if again:
+            chunk = missing_points(self.client, self.run_id, chunk)
+        if chunk:
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+
     def flush(self, wait: bool = True) -> None:
-        """Send buffered metrics; with ``wait``, block until every batch has landed."""
+        """Send buffered metrics; with ``wait``, block until every batch has landed (or the
+        server has been down past the limit: :class:`.link.TrackingUnavailable`). What a
+        short outage kept in the spool is sent as soon as the server answers again."""
         self._last_flush = time.monotonic()
-        while self._buffer:
-            chunk, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
-            op = self.client.log_batch(self.run_id, metrics=chunk, synchronous=False)
-            if op is not None:
-                self._pending.append(op)
+        if self._buffer:
+            self._sender.put(self._buffer)
+            self._buffer = []
+        if self.link.up and self.spool.pending():
+            self._replay()
         if wait:
-            pending, self._pending = self._pending, []
-            for op in pending:
-                op.wait()
-        else:  # forget batches that landed: a long run flushes thousands of times
-            self._pending = [op for op in self._pending if not _landed(op)]
+            self._sender.drain(self.link.check)
+
+    def _replay(self) -> None:
+        try:
+            self.link.call(lambda: self.spool.upload(self.client, finish=False))
+        except Exception as e:  # noqa: BLE001 - refused by the store: kept for gan-pipe sync
+            log.warning("run %s: sending its spool %s failed: %s", self.run_id, self.spool.dir, e)
 
     # ------------------------------------------------------------ params, tags
+    def _store(self, send: Callable[[], Any], keep: Callable[[], None]) -> None:
+        """``send`` now, or while the server is down ``keep`` the data in the spool (and
+        fail fast once the outage has lasted past the limit)."""
+        if self.link.call(send):
+            return
+        keep()
+        if not self._closed and sys.exc_info()[1] is None:  # (an error path: kept is enough)
+            self.link.check()
+
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, _param_value(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+            part = items[i : i + 100]
+            self._store(
+                lambda: self.client.log_batch(self.run_id, params=part, synchronous=True),  # noqa: B023
+                lambda: self.spool.add_params({p.key: p.value for p in part}),  # noqa: B023
+            )
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         if items:
-            self.client.log_batch(self.run_id, tags=items, synchronous=True)
+            self._store(
+                lambda: self.client.log_batch(self.run_id, tags=items, synchronous=True),
+                lambda: self.spool.add_tags({t.key: t.value for t in items}),
+            )
 
     # ------------------------------------------------------------ artifacts
     @contextlib.contextmanager
@@ -358,11 +422,13 @@ class Tracker:
         keep.mkdir()
         return keep
 
-    def _write(self, write: Callable[[], None]) -> None:
+    def _write(self, send: Callable[[], Any], keep: Callable[[], None]) -> None:
+        """``send`` now or, inside a deferred block, when it succeeds; ``keep`` the data in
+        the spool instead while the server is down."""
         if self._deferred is None:
-            write()
+            self._store(send, keep)
         else:
-            self._deferred.append(write)
+            self._deferred.append(lambda: self._store(send, keep))
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         """An image series: the UI shows one slider over steps per ``key``."""
@@ -370,40 +436,63 @@ class Tracker:
             image = image.copy()
         self._write(
             lambda: self.client.log_image(
-                self.run_id, image, key=key, step=int(step), synchronous=False
-            )
+                self.run_id, image, key=key, step=int(step), synchronous=self.link.remote
+            ),
+            lambda: self.spool.add_image(image, key, int(step)),
         )
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         if self._deferred is None:
-            self.client.log_figure(self.run_id, figure, artifact_file)
+            self._store(
+                lambda: self.client.log_figure(self.run_id, figure, artifact_file),
+                lambda: self.spool.add_written(artifact_file, figure.savefig),
+            )
             return
         # rendered now: the caller may close or change the figure before the block ends
         path = self._keep_dir() / Path(artifact_file).name
         figure.savefig(path)
         parent = str(Path(artifact_file).parent)
-        self._deferred.append(
+        self._write(
             lambda: self.client.log_artifact(
                 self.run_id, str(path), None if parent == "." else parent
-            )
+            ),
+            lambda: self.spool.add_written(artifact_file, lambda dst: shutil.copy2(path, dst)),
         )
 
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
         data = copy.deepcopy(data) if self._deferred is not None else data
-        self._write(lambda: self.client.log_dict(self.run_id, data, artifact_file))
+        self._write(
+            lambda: self.client.log_dict(self.run_id, data, artifact_file),
+            lambda: self.spool.add_text(json.dumps(data, indent=2), artifact_file),
+        )
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._write(lambda: self.client.log_text(self.run_id, text, artifact_file))
+        self._write(
+            lambda: self.client.log_text(self.run_id, text, artifact_file),
+            lambda: self.spool.add_text(text, artifact_file),
+        )
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         """Log a file or folder. Buffered metrics are flushed first: a checkpoint's run holds
-        the curve up to it even if the process dies right after."""
+        the curve up to it even if the process dies right after. While the server is down
+        the file is copied into the spool (a checkpoint stays on disk to resume from)."""
         self.flush(wait=False)
         if self._deferred is not None:  # copied now: the caller may delete its file
             src = Path(local_path)
             dst = self._keep_dir() / src.name
             local_path = shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
-        self._write(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path))
+        self._write(
+            lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path),
+            lambda: self.spool.add_artifact(local_path, artifact_path),
+        )
+
+    def _await_server(self) -> None:
+        """Wait while the server is down (an MLflow model cannot be spooled); raises
+        :class:`.link.TrackingUnavailable` once the outage has lasted past the limit."""
+        while not self.link.up:
+            self.link.check()
+            if not self.link.call(lambda: self.client.get_experiment(self.experiment_id)):
+                time.sleep(0.5)
 
     def log_model(
         self, model: Any, name: str, input_example: Any = None, step: int = 0, prefix: str = "eval/"
@@ -417,6 +506,7 @@ class Tracker:
 
         from . import __version__
 
+        self._await_server()
         info = mlflow.pytorch.log_model(
             model,
             name=name,
@@ -445,7 +535,9 @@ class Tracker:
 
         Each step is tried on its own: a store that fails (or a flush that raises) while the
         error is recorded still leaves the run with ``status``, and nothing raised here hides
-        ``error``, which the caller re-raises. Failures are logged as warnings."""
+        ``error``, which the caller re-raises. Failures are logged as warnings. What a server
+        that stays down did not take (metrics, tags, files, the status) is left in the spool
+        for ``gan-pipe sync``."""
         if self._closed:
             return
         self._closed = True
@@ -460,7 +552,11 @@ class Tracker:
                 )
                 return False
 
-        attempt("flushing metrics", lambda: self.flush(wait=True))
+        def flush() -> None:
+            with contextlib.suppress(TrackingUnavailable):  # the metrics are spooled below
+                self.flush(wait=True)
+
+        attempt("flushing metrics", flush)
         if error is not None and not self.attached:
             msg = f"{type(error).__name__}: {error}"
             attempt("tagging the error", lambda: self.set_tags({"gan_pipe.error": msg[:5000]}))
@@ -468,7 +564,22 @@ class Tracker:
             attempt("logging error.txt", lambda: self.log_text(text, "error.txt"))
         attempt("flushing async logging", self._mlflow.flush_async_logging)
         attempt("stopping the heartbeat", self._stop_heartbeat)
-        if self.attached:  # someone else's run: add to it, never change its status
+        attempt("keeping unsent metrics", lambda: self.spool.add_metrics(self._sender.close()))
+        if not self.attached:  # someone else's run: add to it, never change its status
+            self._set_status(status, attempt)
+        attempt("closing the spool", self._close_spool)
+
+    def _set_status(self, status: str, attempt: Callable[[str, Callable[[], Any]], bool]) -> None:
+        if self.link.remote:  # through the link (the spool keeps it), then forget it here
+            end_time = int(time.time() * 1000)
+            attempt(
+                f"ending the run {status}",
+                lambda: self._store(
+                    lambda: self.client.set_terminated(self.run_id, status, end_time),
+                    lambda: self.spool.set_end(status, end_time),
+                ),
+            )
+            attempt("forgetting the active run", lambda: _forget_active_run(self.run_id))
             return
         if not attempt(f"ending the run {status}", lambda: self._mlflow.end_run(status=status)):
             # end_run pops the active run before it writes: setting the status again is safe
@@ -477,18 +588,31 @@ class Tracker:
                 lambda: self.client.set_terminated(self.run_id, status=status),
             )
 
+    def _close_spool(self) -> None:
+        if not self.spool.pending():
+            self.spool.close()
+            return
+        self.spool.close()
+        log.warning(
+            "run %s: the tracking server did not take everything; kept in %s (%s): upload it "
+            "with gan-pipe sync %s",
+            self.run_id,
+            self.spool.dir,
+            self.spool.summary(),
+            self.run_id,
+        )
 
-def _landed(op: Any) -> bool:
-    """Whether an async ``log_batch`` finished (its failures are then only logged)."""
-    futures = getattr(op, "_operation_futures", None)
-    if futures is None:
-        return False
-    for f in futures:
-        if not f.done():
-            return False
-        if f.exception() is not None:
-            log.warning("an asynchronous metric batch failed: %s", f.exception())
-    return True
+
+def _forget_active_run(run_id: str) -> None:
+    """Pop ``run_id`` from MLflow's active runs without writing (``mlflow.end_run`` would,
+    and MLflow ends a run still active at exit as FINISHED)."""
+    from mlflow.environment_variables import MLFLOW_RUN_ID
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    stack[:] = [r for r in stack if r.info.run_id != run_id]
+    if MLFLOW_RUN_ID.get() == run_id:
+        MLFLOW_RUN_ID.unset()
 
 
 def _param_value(v: Any) -> str:

@@ -71,6 +71,7 @@ def gan_pipe_build(ctx: RunContext):
     ]
     nz = ctx.recipe.noise
     ctx.noise = make_noise(nz.distribution, nz.dim, ctx.device, nz.range, nz.jitter)
+    build_callbacks(ctx)
     counts = {}
     for name, net in (("generator", ctx.generator), ("discriminator", ctx.discriminator)):
         counts[f"model.{name}.n_params"] = sum(p.numel() for p in net.parameters())
@@ -80,6 +81,15 @@ def gan_pipe_build(ctx: RunContext):
     ctx.tracker.log_params(counts)
     ctx.state["param_counts"] = counts
     return ctx.generator
+
+
+def build_callbacks(ctx: RunContext) -> None:
+    """The recipe's callbacks, keyed by their recipe path, each set up on the built nets."""
+    from gan_pipe.callback_list import CallbackList
+
+    paths = [f"callbacks.{i}" for i in range(len(ctx.recipe.callbacks))]
+    ctx.callbacks = CallbackList([(path, _make(ctx, path)) for path in paths])
+    ctx.callbacks.fire("setup", ctx)
 
 
 @hookimpl

@@ -7,6 +7,11 @@ Design choices, all for speed on small nets where overhead dominates:
 * losses are accumulated as device tensors and read back once per ``log_every`` steps
   (one host sync), then sent to MLflow in buffered asynchronous batches;
 * bf16 autocast on CUDA when ``train.amp`` allows it.
+
+:meth:`Trainer._loop` is the step loop: it trains a step, announces it (the
+``gan_pipe_on_train_step`` hook, then the recipe's callbacks) and logs the losses at logging
+steps. Everything else that happens periodically (sample frames, evaluation, checkpoints,
+the progress bar) is a callback of :mod:`gan_pipe.plugins.callbacks`, run after the recipe's.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ import torch
 
 from gan_pipe import distributed as dist
 from gan_pipe.context import LossInputs
-from gan_pipe.errors import UserError
+from gan_pipe.dataloading import StreamSampler, batches_per_epoch
+from gan_pipe.errors import PluginError, UserError
+from gan_pipe.plugins.callbacks.duties import duties
+from gan_pipe.plugins.train_compile import compile_nets
 
 if TYPE_CHECKING:
     from gan_pipe.context import RunContext
@@ -74,13 +82,8 @@ class BatchSampler:
     ``replacement``, batches of rows drawn uniformly with replacement."""
 
     def __init__(self, data: torch.Tensor, batch_size: int, replacement: bool = False):
-        if len(data) < batch_size:
-            raise ValueError(
-                f"train.batch_size = {batch_size} is larger than the training set "
-                f"({len(data)} rows)"
-            )
         self.data, self.batch_size, self.replacement = data, batch_size, replacement
-        self.per_epoch = len(data) // batch_size
+        self.per_epoch = batches_per_epoch(len(data), batch_size)
         self._perm = torch.empty(0, dtype=torch.long, device=data.device)
         self._i = self.per_epoch
 
@@ -94,6 +97,33 @@ class BatchSampler:
         idx = self._perm[self._i * self.batch_size : (self._i + 1) * self.batch_size]
         self._i += 1
         return self.data.index_select(0, dist.shard(idx))  # this process's rows
+
+
+def place_data(ctx: RunContext) -> tuple[Any, BatchSampler | StreamSampler, bool]:
+    """The training rows and the batch sampler over them, and whether they stream: on the
+    device whole (BatchSampler), or streamed from host memory or disk by a DataLoader
+    (StreamSampler), as ``data.stream`` and :func:`~gan_pipe.dataloading.should_stream` decide.
+    Both give the same batches in the same order."""
+    from gan_pipe.dataloading import Rows, TensorRows, default_workers, should_stream
+
+    assert ctx.dataset is not None
+    cfg, data_cfg, train = ctx.recipe.train, ctx.recipe.data, ctx.dataset.train
+    stream, why = should_stream(ctx.dataset, getattr(data_cfg, "stream", "auto"), ctx.device)
+    workers = getattr(data_cfg, "workers", None)
+    workers = default_workers() if workers is None else workers
+    if stream and cfg.sampling == "replacement":
+        raise UserError(
+            f"train.sampling = 'replacement' draws each batch's rows between steps, so its "
+            f"batches cannot be prefetched by a streaming loader (streaming because {why}); "
+            "use train.sampling = 'epochs', or data.stream = false to load the data whole"
+        )
+    if stream:
+        rows = train if isinstance(train, Rows) else TensorRows(train)
+        return rows, StreamSampler(rows, cfg.batch_size, ctx.device, workers), True
+    if isinstance(train, Rows):
+        train = train.materialize(workers)
+    data = train.to(ctx.device, non_blocking=True)
+    return data, BatchSampler(data, cfg.batch_size, cfg.sampling == "replacement"), False
 
 
 def total_steps(train: Any, n_rows: int) -> int:
@@ -110,12 +140,23 @@ class TrainingDiverged(UserError):
     used up: the run is marked FAILED and no checkpoint of the diverged state is saved."""
 
 
-def _first_nonfinite(metrics: dict[str, float], weights_ok: float) -> str | None:
-    """'train/d_loss = nan' for the first non-finite value, or None when all are finite."""
+def _first_nonfinite(
+    metrics: dict[str, float], largest_weight: float, limit: float = 0.0
+) -> str | None:
+    """'train/d_loss = nan' for the first non-finite value (or, with ``limit`` > 0, the first
+    whose magnitude exceeds it), or None when all are fine. ``largest_weight`` is the largest
+    magnitude of any weight of G or D (NaN if one is NaN)."""
+    too_large = f" (beyond train.max_abs_value = {limit:g})"
     for k, v in metrics.items():
         if not math.isfinite(v):
             return f"{k} = {v}"
-    return None if weights_ok == 1.0 else "a weight of G or D is NaN or infinite"
+        if limit and abs(v) > limit:
+            return f"{k} = {v:.4g}{too_large}"
+    if not math.isfinite(largest_weight):
+        return "a weight of G or D is NaN or infinite"
+    if limit and largest_weight > limit:
+        return f"a weight of G or D reached {largest_weight:.4g}{too_large}"
+    return None
 
 
 def _values(key: str, loss: torch.Tensor, extras: dict[str, torch.Tensor]):
@@ -136,12 +177,10 @@ class Trainer:
             ctx.noise,
         )
         self.device = ctx.device
+        self._compile = compile_nets(self.G, self.D) if self.cfg.compile else None
         # under torchrun: what trains through DistributedDataParallel (the same nets)
         self.G_ddp, self.D_ddp = dist.wrap(self.G), dist.wrap(self.D)
-        self.data = ctx.dataset.train.to(self.device, non_blocking=True)
-        self.sampler = BatchSampler(
-            self.data, self.cfg.batch_size, replacement=self.cfg.sampling == "replacement"
-        )
+        self.data, self.sampler, streamed = place_data(ctx)
         self.opt_g = make_optimizer(self.G.parameters(), self.cfg.optimizer_for("generator"))
         self.opt_d = make_optimizer(self.D.parameters(), self.cfg.optimizer_for("discriminator"))
         self.sched_g = make_schedule(self.opt_g, self.cfg)
@@ -149,12 +188,6 @@ class Trainer:
         self.steps = total_steps(self.cfg, len(self.data))
         use_amp = self.device.type == "cuda" and self.cfg.amp in ("auto", "bf16")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp)
-        self.sample_every = self.cfg.sample_every or max(1, self.steps // 10)
-        gen = torch.Generator(device=self.device).manual_seed(ctx.recipe.experiment.seed + 12345)
-        # image data: an 8x8 grid; vector data: enough points for a scatter or histogram
-        n_fixed = 64 if ctx.dataset.is_image else 1000
-        self.fixed_noise = self.noise(n_fixed, generator=gen)
-        self._fixed_real: torch.Tensor | None = None
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_counts: dict[str, int] = {}
         self._saved_step = -1
@@ -172,6 +205,15 @@ class Trainer:
         self._lr_scale = 1.0  # product of the rollbacks' learning-rate factors
         self._clock = time.monotonic
         self._last_save = self._clock()
+        if len(ctx.callbacks) != len(ctx.recipe.callbacks):
+            raise PluginError(
+                f"the recipe names {len(ctx.recipe.callbacks)} callback(s) but the build stage "
+                f"built {len(ctx.callbacks)}: a build stage that replaces the built-in one must "
+                "call gan_pipe.plugins.stages.build_callbacks(ctx)"
+            )
+        # the recipe's callbacks first: gan-pipe's own see their work of the step done
+        self.duties = duties(self)
+        self.callbacks = ctx.callbacks + self.duties
         resume = ctx.state.get("resume")
         if resume is not None:
             self.load_checkpoint_state(resume)
@@ -182,6 +224,7 @@ class Trainer:
                     "train.total_steps": self.steps,
                     "train.amp_enabled": use_amp,
                     "train.batches_per_epoch": self.sampler.per_epoch,
+                    "data.streamed": streamed,
                 }
             )
 
@@ -302,13 +345,15 @@ class Trainer:
         parts = [self._acc[k] / counts[k] for k in keys]
         check = self.cfg.on_nonfinite != "ignore"
         if check:  # in the same sync as the losses
-            parts.append(self._weights_finite())
+            parts.append(self._largest_weight())
         values = dist.mean(torch.stack(parts)).tolist()  # means over the processes too
-        weights_ok = values.pop() if check else 1.0
+        largest = values.pop() if check else 0.0
         self._acc.clear()
         self._acc_counts = {}
         metrics = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
-        self._bad = _first_nonfinite(metrics, weights_ok) if check else None
+        self._bad = _first_nonfinite(metrics, largest, self.cfg.max_abs_value) if check else None
+        if self._compile is not None:
+            metrics["perf/compile_seconds"] = self._compile.seconds
         if self.cfg.lr_schedule != "constant":
             metrics["train/lr_g"] = self.sched_g.get_last_lr()[0]
             metrics["train/lr_d"] = self.sched_d.get_last_lr()[0]
@@ -318,10 +363,11 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------ divergence
-    def _weights_finite(self) -> torch.Tensor:
-        """1.0 (on the device, no sync) if every weight and buffer of G and D is finite."""
-        flags = torch.stack([torch.isfinite(t).all() for t in self._watched])
-        return flags.all().float()
+    def _largest_weight(self) -> torch.Tensor:
+        """The largest magnitude of any weight or buffer of G and D (on the device, no sync);
+        NaN if one is NaN."""
+        tops = torch.stack([t.detach().abs().amax().float() for t in self._watched if t.numel()])
+        return tops.amax()  # amax propagates NaN
 
     def _nonfinite_now(self, everywhere: bool = True) -> str | None:
         """The divergence check of a logging step, for a checkpoint between logging steps
@@ -330,10 +376,11 @@ class Trainer:
         if self.cfg.on_nonfinite == "ignore":
             return None
         keys = list(self._acc)
-        values = torch.stack([*(self._acc[k] for k in keys), self._weights_finite()])
+        values = torch.stack([*(self._acc[k] for k in keys), self._largest_weight()])
         values = (dist.mean(values) if everywhere else values).tolist()
-        ok = values.pop()
-        return _first_nonfinite({f"train/{k}": v for k, v in zip(keys, values, strict=True)}, ok)
+        largest = values.pop()
+        metrics = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
+        return _first_nonfinite(metrics, largest, self.cfg.max_abs_value)
 
     def _keep_good(self, step: int) -> None:
         """Remember a state found finite, for on_nonfinite = 'rollback' (copies on the device,
@@ -388,7 +435,8 @@ class Trainer:
         )
         ctx.tracker.log_metrics({"train/rollbacks": self._rollbacks}, step)
         ctx.tracker.set_tags({f"gan_pipe.rollback.{self._rollbacks}": note})
-        print(f"train: {note}", file=sys.stderr, flush=True)
+        if dist.is_main():  # one line for all the processes of a torchrun launch
+            print(f"train: {note}", file=sys.stderr, flush=True)
         ctx.step = back
         return back
 
@@ -407,70 +455,81 @@ class Trainer:
         self._in_step = False
         with self._signals_deferred():
             try:
-                self._loop()
-            except KeyboardInterrupt as e:
-                self._interrupted(e)
-                raise
-            if self._saved_step != ctx.step:
-                self.save_checkpoint(ctx.step)
+                try:
+                    self.callbacks.fire("on_train_start", ctx)
+                    self._keep_good(self.start_step)
+                    self._loop()
+                except KeyboardInterrupt as e:
+                    self._interrupted(e)
+                    raise
+                if self._saved_step != ctx.step:
+                    self.save_checkpoint(ctx.step)
+                if self._stop_signal is None:
+                    self.callbacks.fire("on_train_end", ctx)
+            finally:
+                self.callbacks.fire("teardown", ctx)
             ctx.tracker.flush(wait=False)
         if self._stop_signal is not None:
             # asked to stop during the last step: training is complete and checkpointed; the
             # run stops here (KILLED) instead of going on to evaluation
             raise KeyboardInterrupt
+        self._use_provided_generator()
         return ctx.step
 
     def _loop(self) -> None:
-        from gan_pipe.plugins.train_progress import progress_bar
-
+        """The step loop: train a step, announce it, log it; callbacks do the rest."""
         ctx, cfg = self.ctx, self.cfg
         listeners = ctx.plugins.has_step_listeners()
-        if self.start_step == 0:
-            self._log_samples(0)
-        title, shown = ctx.recipe.experiment.name, cfg.progress and dist.is_main()
-        with progress_bar(self.steps, shown, title, start=self.start_step) as bar:
-            self._keep_good(self.start_step)
-            step = self.start_step
-            while step < self.steps:
-                step += 1
-                if dist.any_rank(self._stop_signal is not None):  # all processes stop alike
-                    raise KeyboardInterrupt
-                # a step mutates nets, optimisers, schedules, the sampler and the RNG states:
-                # a checkpoint taken while _in_step would not match its label
-                self._in_step = True
-                if cfg.updates == "simultaneous":
-                    for values in self.simultaneous_step():
-                        self._add(values)
-                else:
-                    for _ in range(cfg.n_critic):
-                        self._add(self.discriminator_step())
-                    self._add(self.generator_step())
-                ctx.step = step
-                self._in_step = False
-                if listeners:
-                    ctx.plugins.on_train_step(ctx, step)
-                if step % cfg.log_every == 0 or step == self.steps:
-                    bar.show(self._drain(step))
-                    if self._bad is not None:
-                        step = self._diverged(step, self._bad)
-                        continue
-                    self._keep_good(step)
-                    minutes = cfg.checkpoint_minutes
-                    if minutes and self._clock() - self._last_save >= 60 * minutes:
-                        self.save_checkpoint(step)  # checked finite just now
-                if step % self.sample_every == 0 or step == self.steps:
-                    self._log_samples(step)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step != self.steps:
-                    self._evaluate(step)
-                every = cfg.checkpoint_every
-                if every and step % every == 0 and self._saved_step != step:
-                    bad = self._nonfinite_now()
-                    if bad is not None:
-                        step = self._diverged(step, bad)
-                        continue
-                    self.save_checkpoint(step)
-                    self._keep_good(step)
-                bar.advance()
+        step = self.start_step
+        while step < self.steps:
+            step += 1
+            if dist.any_rank(self._stop_signal is not None):  # all processes stop alike
+                raise KeyboardInterrupt
+            # a step mutates nets, optimisers, schedules, the sampler, the RNG states and the
+            # callbacks' state: a checkpoint taken while _in_step would not match its label
+            self._in_step = True
+            self._train_step()
+            ctx.step = step
+            if listeners:
+                ctx.plugins.on_train_step(ctx, step)
+            ctx.callbacks.on_step(ctx, step)
+            self._in_step = False
+            if (step % cfg.log_every == 0 or step == self.steps) and not self._log(step):
+                step = ctx.step  # rolled back
+                continue
+            self.duties.on_step(ctx, step)
+            step = ctx.step  # a checkpoint's check for NaN may have rolled back
+
+    def _train_step(self) -> None:
+        if self.cfg.updates == "simultaneous":
+            for values in self.simultaneous_step():
+                self._add(values)
+        else:
+            for _ in range(self.cfg.n_critic):
+                self._add(self.discriminator_step())
+            self._add(self.generator_step())
+
+    def _log(self, step: int) -> bool:
+        """Log the means since the last logging step; False if a NaN rolled training back
+        (``ctx.step`` is then the step it goes on from), TrainingDiverged if it stops it."""
+        metrics = self._drain(step)
+        if self._bad is not None:
+            self._diverged(step, self._bad)
+            return False
+        self._keep_good(step)
+        self.callbacks.fire("on_log", self.ctx, step, metrics)
+        return True
+
+    def _use_provided_generator(self) -> None:
+        """After training, the generator a callback provides (an EMA) is ``ctx.generator``:
+        the final evaluation, the reports and the logged model use it."""
+        found = self.ctx.callbacks.provider()
+        if found is not None:
+            key, module = found
+            self.ctx.generator = module
+            comp = self.ctx.components.get(key)
+            name = f"{comp.name} ({key})" if comp is not None else key
+            self.ctx.tracker.set_tags({"gan_pipe.generator": f"provided by callback {name}"})
 
     def _interrupted(self, e: KeyboardInterrupt) -> None:
         """Keep what was trained: checkpoint the last completed step unless the interrupt
@@ -522,49 +581,6 @@ class Trainer:
                 self._acc[k] = v.clone()
                 self._acc_counts[k] = 1
 
-    def _log_samples(self, step: int) -> None:
-        """Samples at fixed noise, the MLflow UI's per-step image slider ``samples``: an image
-        grid for image data, real vs generated scatter (2-D+) or histograms (1-D) otherwise,
-        so mode collapse can be watched as it happens."""
-        ds = self.ctx.dataset
-        if ds is None or not dist.is_main():
-            return
-        from gan_pipe.plugins.reports import grid as G
-        from gan_pipe.plugins.reports.plots import real_subset, vector_figure
-
-        was = self.G.training
-        self.G.eval()
-        with torch.no_grad():
-            x = self.G(self.fixed_noise).float().cpu()
-        self.G.train(was)
-        if ds.is_image:
-            picture = G.image_grid(
-                G.samples_to_images(x, ds.shape), nrow=8, value_range=ds.value_range
-            )
-        else:
-            x = x.reshape(len(x), -1)
-            if self._fixed_real is None:  # the same real points in every frame
-                seed = self.ctx.recipe.experiment.seed
-                self._fixed_real = real_subset(ds, len(x), seed).reshape(-1, x.shape[1])
-            real = self._fixed_real
-            lo, hi = real.min(dim=0).values, real.max(dim=0).values
-            pad = torch.where(hi > lo, 0.5 * (hi - lo), torch.ones_like(hi))
-            # fixed axes around the data: frames of the slider compare
-            box = [(float(a), float(b)) for a, b in zip(lo - pad, hi + pad, strict=True)]
-            fig = vector_figure(real, x, f"step {step}", span=box[0], limits=box[:2])
-            picture = G.figure_pixels(fig)
-        self.ctx.tracker.log_image(picture, key="samples", step=step)
-
-    def _evaluate(self, step: int) -> None:
-        from gan_pipe.evaluation import evaluate
-
-        if not dist.is_main():
-            return
-        results = evaluate(self.ctx)  # own RNG: evaluating does not change training
-        self.ctx.tracker.log_metrics({f"eval/{k}": v for k, v in results.items()}, step)
-        for k, v in results.items():
-            self.ctx.history.setdefault(f"eval/{k}", []).append((step, v))
-
     def _training_state(self) -> dict[str, Any]:
         """Everything a step changes (references: copy before keeping)."""
         state = {
@@ -579,6 +595,7 @@ class Trainer:
             "sampler_i": self.sampler._i,
             "rollbacks": self._rollbacks,
             "lr_scale": self._lr_scale,
+            "callbacks": self.ctx.callbacks.state_dict(),
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -609,11 +626,31 @@ class Trainer:
             self.sampler._i = int(state["sampler_i"])
         self._rollbacks = int(state.get("rollbacks", 0))
         self._lr_scale = float(state.get("lr_scale", 1.0))
+        self.ctx.callbacks.load_state_dict(state.get("callbacks", {}))
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 
+    @property
+    def saved_step(self) -> int:
+        """The step of the newest checkpoint this process saved (-1: none)."""
+        return self._saved_step
+
+    def seconds_since_save(self) -> float:
+        return self._clock() - self._last_save
+
+    def checkpoint_if_finite(self, step: int) -> None:
+        """Save a checkpoint of ``step`` unless a weight or a loss since the last logging
+        step is NaN: then roll back (``ctx.step`` changes) or stop, as for a logging step."""
+        bad = self._nonfinite_now()
+        if bad is not None:
+            self._diverged(step, bad)
+            return
+        self.save_checkpoint(step)
+        self._keep_good(step)
+
     def save_checkpoint(self, step: int) -> None:
+        self.callbacks.fire("on_checkpoint", self.ctx, step)  # on every process
         if dist.is_main():  # rank 0 writes the checkpoints of all processes
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"checkpoint-{step:07d}.pt"

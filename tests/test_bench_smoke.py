@@ -57,3 +57,17 @@ def test_startup_prints_finite_differences(tmp_path, monkeypatch):
     assert len(walls) == len(cpus) == 3, out
     assert all(math.isfinite(x) for x in walls + cpus), out
     assert numbers(out, r"^python -c pass\s*: wall median (\S+) s")
+
+
+def test_metrics_bench_agrees_with_its_references(tmp_path):
+    """Every estimator line prints finite times and a relative difference to its reference
+    that is at rounding level (the one subsample-dependent line draws the same rows)."""
+    out = run_bench("metrics.py", "--scale", "0.05", cwd=tmp_path)
+    lines = re.findall(r"^(\S.*?)\s+(\S+) s\s+(\S+) s\s+(\S+)x\s+(\S+)", out, flags=re.MULTILINE)
+    names = [name for name, *_ in lines]
+    assert len(lines) == 6, out
+    for name in ("histogram", "W1 1-D", "sliced W1", "assignment", "KDE", "Frechet"):
+        assert any(name in n for n in names), (name, out)
+    for name, ours, ref, ratio, diff in lines:
+        assert all(math.isfinite(float(v)) for v in (ours, ref, ratio)), name
+        assert float(diff) < 1e-9, (name, diff)

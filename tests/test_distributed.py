@@ -142,16 +142,36 @@ def test_one_process_is_untouched(monkeypatch):
     assert distributed.mean(x) is x
 
 
+def _public_methods(cls: type) -> list[str]:
+    return [n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))]
+
+
 def test_other_ranks_tracker_has_every_tracker_method_and_does_nothing():
-    public = [n for n in vars(Tracker) if not n.startswith("_") and callable(vars(Tracker)[n])]
+    import inspect
+
+    from gan_pipe.spool import Spool
+
     t = distributed.RankTracker()
-    for name in public:
+    for name in _public_methods(Tracker):
         assert callable(getattr(t, name)), name
+        if name != "deferred_artifacts":  # a context manager, below
+            assert getattr(t, name)() is None, name
+    # the public attributes a Tracker sets for itself (spool, link, latest, ...) exist too
+    made = re.findall(r"self\.([a-z]\w*)\s*[:=]", inspect.getsource(Tracker.__init__))
+    assert {"spool", "latest", "run_id", "link"} <= set(made)
+    for name in made:
+        assert hasattr(t, name), name
+    for name in _public_methods(Spool):  # a failure's note asks spool.pending(): False
+        assert getattr(t.spool, name)() is None, name
+    assert not t.spool.pending()
     assert t.log_metrics({"train/d_loss": 1.0}, 3) is None and t.client is None
+    assert t.claim("resumed") is None and t.flush(wait=False) is None
     with t.deferred_artifacts():
         pass
     with pytest.raises(AttributeError):
         t.no_such_method  # noqa: B018
+    with pytest.raises(AttributeError):
+        t.spool.no_such_method  # noqa: B018
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ def test_reevaluation_reproduces_and_a_failed_one_writes_nothing(workdir):
 
     # parzen succeeds (and would write its sigma search), then modes fails on digits
     res = runner.invoke(app, ["evaluate", run_id, "-m", "parzen", "-m", "modes"])
-    assert res.exit_code == 2 and "info['modes']" in res.output
+    assert res.exit_code == 2 and "Dataset.modes" in res.output
     after = {f.split("/")[1] for f in _files(client, run_id) if "reevaluate-" in f}
     assert after == reevals
     assert len(client.get_metric_history(run_id, "eval/parzen_ll")) == 2
@@ -117,7 +117,7 @@ def test_two_metrics_reporting_one_key_fail_clearly_unless_prefixed(workdir):
     path = write(workdir / "tiny.toml", TINY)
     metrics = '[{name="parzen", params={n_samples=100, n_val=20, n_test=30}}, {name="clash"}]'
     resolved = load_recipe(path, plugins.registry, [f"evaluate.metrics={metrics}"])
-    tracker = Tracker("clash", "clash-run")
+    tracker = Tracker.start("clash", "clash-run")
     try:
         ctx = new_context(resolved, plugins, tracker, pick_device("cpu"))
         plugins.data(ctx)
@@ -152,7 +152,7 @@ def test_deferred_artifacts_are_all_or_nothing(workdir):
 
     from gan_pipe.tracking import Tracker
 
-    tracker = Tracker("deferred", "deferred-run")
+    tracker = Tracker.start("deferred", "deferred-run")
     src = workdir / "note.txt"
     try:
         with pytest.raises(RuntimeError), tracker.deferred_artifacts():
@@ -201,7 +201,7 @@ def test_prefixed_metrics_keep_their_own_files_and_m_twice_runs_once(workdir):
     assert json.load(open(wide))["sigma"] == [0.5, 1.0]
 
     res = runner.invoke(app, ["evaluate", run_id, "-m", "modes", "-m", "parzen", "-m", "parzen"])
-    assert res.exit_code == 2 and "info['modes']" in res.output  # not a prefix complaint
+    assert res.exit_code == 2 and "Dataset.modes" in res.output  # not a prefix complaint
     res = runner.invoke(app, ["evaluate", run_id, "-m", "parzen", "-m", "parzen"])
     assert res.exit_code == 0, res.output
 
@@ -211,7 +211,7 @@ def test_nested_deferred_blocks_and_images(workdir):
 
     from gan_pipe.tracking import Tracker
 
-    tracker = Tracker("nested", "nested-run")
+    tracker = Tracker.start("nested", "nested-run")
     try:
         with tracker.deferred_artifacts():
             tracker.log_dict({"a": 1}, "eval/outer.json")

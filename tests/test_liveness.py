@@ -3,6 +3,7 @@ refused, and an error path that closes the run whatever else fails."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -49,7 +50,7 @@ def _steps(client, run_id, key):
 # ------------------------------------------------------------------ live metrics, heartbeat
 def test_metrics_reach_the_store_while_the_run_is_open(workdir, monkeypatch):
     monkeypatch.setenv("GAN_PIPE_FLUSH_SECONDS", "0.2")
-    tracker = Tracker("live", "r")
+    tracker = Tracker.start("live", "r")
     try:
         tracker.log_metrics({"train/loss": 1.0}, 1)
         time.sleep(0.3)
@@ -63,7 +64,7 @@ def test_metrics_reach_the_store_while_the_run_is_open(workdir, monkeypatch):
 
 def test_a_checkpoint_flushes_the_metrics_before_it(workdir, monkeypatch):
     monkeypatch.setenv("GAN_PIPE_FLUSH_SECONDS", "3600")  # only the checkpoint flushes
-    tracker = Tracker("live", "r")
+    tracker = Tracker.start("live", "r")
     try:
         tracker.log_metrics({"train/loss": 1.0}, 7)
         ckpt = write(workdir / "checkpoint-0000007.pt", "weights")
@@ -76,7 +77,7 @@ def test_a_checkpoint_flushes_the_metrics_before_it(workdir, monkeypatch):
 
 def test_heartbeat_is_renewed_while_open_and_removed_at_the_end(workdir, monkeypatch):
     monkeypatch.setenv("GAN_PIPE_FLUSH_SECONDS", "0.2")
-    tracker = Tracker("live", "r")
+    tracker = Tracker.start("live", "r")
     c = _client(workdir)
     tags = c.get_run(tracker.run_id).data.tags
     assert tags[liveness.PID] == str(os.getpid()) and tags[liveness.HOST] == liveness.this_host()
@@ -150,7 +151,7 @@ def test_resume_message_names_what_it_found():
 
 # ------------------------------------------------------------------ a second writer
 def test_a_live_run_cannot_be_resumed_or_evaluated_into(workdir):
-    tracker = Tracker("live", "r")  # this process writes it: alive
+    tracker = Tracker.start("live", "r")  # this process writes it: alive
     try:
         for cmd in ("resume", "evaluate"):
             res = runner.invoke(app, [cmd, tracker.run_id])
@@ -164,7 +165,7 @@ def test_a_live_run_cannot_be_resumed_or_evaluated_into(workdir):
 
 
 def test_a_refused_resume_leaves_no_live_writer_behind(workdir):
-    tracker = Tracker("live", "r")
+    tracker = Tracker.start("live", "r")
     tracker.end("KILLED")
     for _ in range(2):  # the first attempt's reading must not look like a live writer
         res = runner.invoke(app, ["resume", tracker.run_id])
@@ -173,7 +174,7 @@ def test_a_refused_resume_leaves_no_live_writer_behind(workdir):
 
 
 def test_a_run_beating_on_another_host_is_refused(workdir):
-    tracker = Tracker("live", "r")
+    tracker = Tracker.start("live", "r")
     tracker.end("KILLED")
     c = _client(workdir)
     c.set_tag(tracker.run_id, liveness.HOST, "gpu7")
@@ -187,7 +188,7 @@ def test_a_run_beating_on_another_host_is_refused(workdir):
 # ------------------------------------------------------------------ gan-pipe runs --stale
 def test_runs_stale_lists_and_marks_only_dead_training_runs(workdir):
     c = _client(workdir)
-    live = Tracker("exp-a", "alive")
+    live = Tracker.start("exp-a", "alive")
     try:
         exp_id = live.experiment_id
         # as a SIGKILLed run leaves it: RUNNING, an old heartbeat, a pid that is gone
@@ -290,6 +291,18 @@ def test_a_failing_store_while_closing_still_ends_the_run_failed(workdir, monkey
 
 
 # ------------------------------------------------------------------ a real process, killed
+def gan_pipe(workdir, args, env, log_name="child.log"):
+    """``gan-pipe ARGS`` in a child process, its output in ``workdir / log_name``."""
+    with open(workdir / log_name, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gan_pipe.cli", *args],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 LONG = """
 [experiment]
 name = "live-ring"
@@ -335,14 +348,7 @@ def test_a_sigkilled_run_keeps_its_metrics_is_found_stale_and_resumes(workdir):
     path = write(workdir / "long.toml", LONG)
     env = {**os.environ, "GAN_PIPE_FLUSH_SECONDS": "0.5", "OMP_NUM_THREADS": "1"}
     c = ensure_store(f"sqlite:///{workdir / 'mlflow.db'}")  # before the child: no race
-    log = open(workdir / "child.log", "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gan_pipe.cli", "run", str(path)],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = gan_pipe(workdir, ["run", str(path)], env)
     try:
 
         def the_run():
@@ -374,7 +380,6 @@ def test_a_sigkilled_run_keeps_its_metrics_is_found_stale_and_resumes(workdir):
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-        log.close()
 
     hist = c.get_metric_history(rid, "train/d_loss")
     assert hist, "a SIGKILL lost every metric"
@@ -399,3 +404,86 @@ def test_a_sigkilled_run_keeps_its_metrics_is_found_stale_and_resumes(workdir):
     assert liveness.KILLED_REASON not in done.data.tags
     assert done.data.tags["gan_pipe.resumed_from_step"] == str(step)
     assert _steps(c, rid, "train/d_loss")[-1] == step + 20
+
+
+# ------------------------------------------------------------------ two claimants at once
+def _claim_in_child(uri: str, store: str, run_id: str, start: float, q) -> None:
+    from mlflow import MlflowClient
+
+    from gan_pipe.errors import UserError
+
+    time.sleep(max(0.0, start - time.time()))  # both claim at the same moment
+    try:
+        held = liveness.claim(MlflowClient(store), uri, run_id, "resumed", "resume")
+    except UserError as e:
+        q.put(str(e))
+        return
+    q.put(f"won {os.getpid()}")
+    time.sleep(3)  # holds the run a while, as a resume that trains
+    held.release()
+
+
+@pytest.mark.parametrize("how", ["file lock", "claim token"])
+def test_two_claims_at_the_same_moment_exactly_one_wins(workdir, monkeypatch, how):
+    import multiprocessing as mp
+
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    c = ensure_store(store)
+    dead = {liveness.PID: str(_dead_pid()), liveness.HOST: liveness.this_host()}
+    rid = c.create_run(c.create_experiment("claims"), run_name="killed", tags=dead).info.run_id
+    c.set_terminated(rid, "KILLED")
+    # a server has no file lock beside it: the token is written, read back after 1 s
+    uri = store if how == "file lock" else "http://tracking.example:5000"
+    monkeypatch.setenv("GAN_PIPE_CLAIM_SECONDS", "1")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    start = time.time() + 8  # after both children imported mlflow
+    procs = [
+        ctx.Process(target=_claim_in_child, args=(uri, store, rid, start, q)) for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    answers = sorted(q.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+    loser, winner = answers
+    assert winner.startswith("won "), answers
+    assert loser.startswith(f"run {rid} is being resumed by ")
+    assert f"(pid {winner.split()[1]} on host {liveness.this_host()})" in loser
+    if how == "claim token":
+        held = json.loads(c.get_run(rid).data.tags[liveness.CLAIM])
+        assert str(held["pid"]) == winner.split()[1]  # the last token written won
+
+
+@pytest.mark.slow
+def test_two_resumes_started_together_one_trains_the_other_is_refused(workdir):
+    path = write(workdir / "short.toml", LONG.replace("steps = 1000000", "steps = 40"))
+    res = runner.invoke(app, ["run", str(path)])
+    assert res.exit_code == 0, res.output
+    c = _client(workdir)
+    (run_,) = c.search_runs([c.get_experiment_by_name("live-ring").experiment_id])
+    rid = run_.info.run_id
+    c.set_terminated(rid, "KILLED")  # as a killed run: both resumes find it dead
+    env = {**os.environ, "GAN_PIPE_FLUSH_SECONDS": "0.5", "OMP_NUM_THREADS": "1"}
+    args = ["resume", rid, "--steps", "1000000"]
+    procs = [gan_pipe(workdir, args, env, f"resume{i}.log") for i in range(2)]
+    try:
+        ended = _until(lambda: [p for p in procs if p.poll() is not None], 240, 0.5)
+        assert len(ended) == 1, "both resumes ended"
+        (loser,) = ended
+        (winner,) = [p for p in procs if p is not loser]
+        out = (workdir / f"resume{procs.index(loser)}.log").read_text()
+        assert loser.returncode == 2, out
+        assert f"run {rid} is being resumed by" in out and f"pid {winner.pid}" in out
+        assert "[train]" not in out and "Traceback" not in out
+        # the winner trains on: new points past the run's 40 steps, its pid on the run
+        assert _until(lambda: max(_steps(c, rid, "train/d_loss")) > 100, 120, 0.5)
+        assert c.get_run(rid).data.tags[liveness.PID] == str(winner.pid)
+        winner.send_signal(signal.SIGINT)
+        assert winner.wait(120) == 130
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+    assert c.get_run(rid).info.status == "KILLED"

@@ -24,6 +24,7 @@ import torch
 from typer.testing import CliRunner
 
 from gan_pipe.cli import app
+from gan_pipe.plugins.callbacks.frames import SampleFrames
 from gan_pipe.plugins.train import Trainer
 
 from .conftest import write
@@ -124,10 +125,12 @@ def straight(recipe):
     return _final_checkpoint(_run_id(res.output))
 
 
-def _signal_at(monkeypatch, method: str, call: int, when: str, sig: int, times: int = 1):
+def _signal_at(
+    monkeypatch, method: str, call: int, when: str, sig: int, times: int = 1, cls: Any = Trainer
+):
     """Send ``sig`` to this process ``times`` times, before or after the ``call``-th call of
-    ``Trainer.<method>``."""
-    original = getattr(Trainer, method)
+    ``cls.<method>`` (a Trainer method by default)."""
+    original = getattr(cls, method)
     calls = {"n": 0}
 
     def wrapper(self, *args, **kwargs):
@@ -142,7 +145,7 @@ def _signal_at(monkeypatch, method: str, call: int, when: str, sig: int, times: 
                 signal.raise_signal(sig)
         return out
 
-    monkeypatch.setattr(Trainer, method, wrapper)
+    monkeypatch.setattr(cls, method, wrapper)
 
 
 def _interrupt_then_resume(recipe, monkeypatch, point, sig, times=1) -> tuple[str, Any]:
@@ -213,7 +216,8 @@ def test_a_second_ctrl_c_mid_step_resumes_from_the_last_periodic_checkpoint(
 
 
 def test_ctrl_c_before_the_first_step_promises_no_resume(recipe, monkeypatch):
-    _signal_at(monkeypatch, "_log_samples", 1, "before", signal.SIGINT)  # step 0's picture
+    # step 0's picture
+    _signal_at(monkeypatch, "draw", 1, "before", signal.SIGINT, cls=SampleFrames)
     res = runner.invoke(app, ["run", str(recipe)])
     assert res.exit_code == 130
     assert "nothing to resume" in res.output and "gan-pipe resume" not in res.output
@@ -294,7 +298,11 @@ def test_a_signal_from_outside_at_a_random_moment(recipe, sig, seed):
 # ------------------------------------------------------------------ divergence
 def test_a_diverged_run_fails_naming_the_step_and_saves_no_nan_checkpoint(recipe):
     res = runner.invoke(
-        app, ["run", str(recipe), "--set", 'train.optimizer="sgd"', "--set", "train.lr=1e30"]
+        app,
+        [
+            "run", str(recipe), "--set", 'train.optimizer="sgd"', "--set", "train.lr=1e30",
+            "--set", "train.max_abs_value=0",  # the NaN check alone
+        ],
     )
     assert res.exit_code == 2, res.output
     found = re.search(r"training diverged at step (\d+): (\S+) = (\S+)", res.output)
@@ -308,6 +316,35 @@ def test_a_diverged_run_fails_naming_the_step_and_saves_no_nan_checkpoint(recipe
         state = torch.load(_client().download_artifacts(run.info.run_id, f.path, "."))
         assert all(torch.isfinite(t).all() for t in state["generator"].values())
         assert all(torch.isfinite(t).all() for t in state["discriminator"].values())
+
+
+def test_large_but_finite_losses_count_as_diverged(recipe):
+    """lr = 50 with Adam: losses and weights blow up to 1e7 and more without ever being NaN;
+    train.max_abs_value (1e6 by default) catches them and the run FAILS instead of FINISHED."""
+    res = runner.invoke(app, ["run", str(recipe), "--set", "train.lr=50"])
+    assert res.exit_code == 2, res.output
+    found = re.search(r"training diverged at step (\d+): (.+?) \(beyond", res.output)
+    assert found and "train.max_abs_value = 1e+06" in res.output, res.output
+    (run,) = _client().search_runs(_client().search_experiments()[0].experiment_id)
+    assert run.info.status == "FAILED"
+    # with the check off the same run trains to the end
+    res = runner.invoke(
+        app, ["run", str(recipe), "--set", "train.lr=50", "--set", "train.max_abs_value=0"]
+    )
+    assert res.exit_code == 0, res.output
+
+
+def test_first_nonfinite_names_the_value_or_the_weight():
+    from gan_pipe.plugins.train import _first_nonfinite
+
+    assert _first_nonfinite({"train/d_loss": 1.0}, 3.0, 1e6) is None
+    assert _first_nonfinite({"train/d_loss": float("nan")}, 3.0, 0) == "train/d_loss = nan"
+    big = _first_nonfinite({"train/g_loss": -2.5e7}, 3.0, 1e6)
+    assert big == "train/g_loss = -2.5e+07 (beyond train.max_abs_value = 1e+06)"
+    assert _first_nonfinite({"train/g_loss": -2.5e7}, 3.0, 0) is None  # check off
+    assert "NaN or infinite" in _first_nonfinite({}, float("inf"), 0)
+    assert "reached 2e+06" in _first_nonfinite({}, 2e6, 1e6)
+    assert _first_nonfinite({}, 2e6, 0) is None
 
 
 # ------------------------------------------------------------------ history after resume

@@ -355,6 +355,7 @@ def test_fid_with_digits_scores_any_number_of_real_rows(tmp_path):
     # The real file has all 1,297 training digits (not the 300 of the test split the labels
     # belong to) and the fake file flat rows of 784 values; the classifier's accuracy is its
     # accuracy on the digits' own labelled test split.
+    from gan_pipe.estimators import features
     from gan_pipe.plugins.metrics import frechet
 
     ds = _dataset("digits")
@@ -368,9 +369,9 @@ def test_fid_with_digits_scores_any_number_of_real_rows(tmp_path):
     out = dict(line.split() for line in res.stdout.splitlines())
     assert float(out["fid_n_samples"]) == 200 and float(out["fid_n_ref"]) == 200
     p = frechet.FrechetParams(epochs=1, n_samples=200, kid_subsets=5, cache_dir=str(tmp_path))
-    model, cached, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
+    model, cached, _ = features.load_or_train_classifier(ds, p, torch.device("cpu"))
     assert cached  # the classifier score trained: same data, same settings
-    acc = frechet.classifier_accuracy(model, ds.to_unit(ds.test), ds.test_labels, "cpu")
+    acc = features.classifier_accuracy(model, ds.to_unit(ds.test), ds.test_labels, "cpu")
     assert float(out["fid_classifier_acc"]) == pytest.approx(acc, abs=5e-6)
 
 
@@ -526,7 +527,7 @@ def test_precision_follows_the_file_and_overflow_is_refused(tmp_path):
     instead of a NaN Gaussian KL printed as 0."""
     import torch
 
-    from gan_pipe.scoring import load_samples
+    from gan_pipe.sample_files import load_samples
 
     x = np.random.default_rng(0).normal(size=(50, 2))
     for dtype, expected in (
@@ -562,7 +563,7 @@ def test_channels_last_images_are_not_scrambled(tmp_path):
 
     import torch
 
-    from gan_pipe.scoring import _conform
+    from gan_pipe.sample_files import _conform
 
     ds = types.SimpleNamespace(shape=(3, 4, 4), name="rgb")
     notes: list[str] = []

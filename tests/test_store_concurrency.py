@@ -15,7 +15,7 @@ CHILD = textwrap.dedent(
     from gan_pipe.tracking import Tracker
     start = float(sys.argv[1])
     time.sleep(max(0.0, start - time.time()))   # all children open the store together
-    t = Tracker("shared-experiment", f"run-{os.getpid()}")
+    t = Tracker.start("shared-experiment", f"run-{os.getpid()}")
     t.log_metrics({"x": 1.0}, 0)
     t.end("FINISHED")
     print(t.experiment_id)

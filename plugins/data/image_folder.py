@@ -108,6 +108,14 @@ class ImageFolderParams(BaseModel):
         description="skip images Pillow cannot decode (counted in data.info.n_skipped) "
         "instead of stopping with an error that names the file",
     )
+    lazy: Literal["auto"] | bool = Field(
+        "auto",
+        description="decode the training images when batches need them, in the data "
+        "loader's worker processes, instead of all at load (the run then streams them, "
+        "data.stream = 'auto'); auto: when the decoded training images (float32) would take "
+        "more than half of the available host memory. Validation and test images are decoded "
+        "at load either way; the cache is not used",
+    )
     cache: bool = Field(
         False,
         description="keep the decoded uint8 images as a .npy file in cache_dir and reuse it "
@@ -305,13 +313,12 @@ def uint8_to_float(
     import numpy as np
     import torch
 
+    from gan_pipe.plugins.data.lazy_images import scale_uint8
+
     out = torch.empty((len(rows), *images.shape[1:]), dtype=torch.float32)
     for start in range(0, len(rows), CHUNK_ROWS):
         chunk = torch.from_numpy(np.ascontiguousarray(images[rows[start : start + CHUNK_ROWS]]))
-        chunk = chunk.to(torch.float32)
-        out[start : start + len(chunk)] = (
-            (chunk - 127.5) / 127.5 if scale == "tanh" else chunk / 255.0
-        )
+        out[start : start + len(chunk)] = scale_uint8(chunk, scale)
     return out
 
 
@@ -324,8 +331,8 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int,
     return size(val_fraction), size(test_fraction)
 
 
-def load_image_folder(params: ImageFolderParams) -> Dataset:
-    """Decode (or load from the cache), scale and split a folder of images."""
+def _listed_files(params: ImageFolderParams) -> tuple[Path, list[Path]]:
+    """The folder and its image files (``max_images`` applied); errors name what is missing."""
     root = Path(params.path).expanduser().resolve()
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
@@ -343,23 +350,11 @@ def load_image_folder(params: ImageFolderParams) -> Dataset:
         )
     if params.max_images is not None:
         files = files[: params.max_images]
+    return root, files
 
-    shape = (params.channels, params.image_size, params.image_size)
-    cached, cache_state = None, "off"
-    if params.cache:
-        base = Path(params.cache_dir).expanduser() if params.cache_dir else default_cache_dir()
-        stem = base / "image-folder" / cache_key(root, files, params)
-        cached = _load_cached(stem, shape)
-    if cached is not None:
-        images, skipped = cached
-        cache_state = "hit"
-    else:
-        images, skipped = decode_all(
-            root, files, params.image_size, params.channels, params.skip_corrupt
-        )
-        if params.cache:
-            cache_state = "written" if _save_cached(stem, images, skipped, root) else "failed"
-    n = len(images)
+
+def _splits(n: int, root: Path, params: ImageFolderParams):
+    """(train, val, test) index arrays over ``n`` images."""
     n_val, n_test = split_sizes(n, params.val_fraction, params.test_fraction)
     if n - n_val - n_test < 1:
         raise UserError(
@@ -367,20 +362,78 @@ def load_image_folder(params: ImageFolderParams) -> Dataset:
             f"{n_val} for validation and {n_test} for testing; add images or lower "
             "data.params.val_fraction / test_fraction"
         )
-    train_idx, val_idx, test_idx = split_indices(n, n_val, n_test, params.split_seed)
+    return split_indices(n, n_val, n_test, params.split_seed)
+
+
+def _decoded(root: Path, files: list[Path], params: ImageFolderParams):
+    """All images decoded (or memory-mapped from the cache), the skipped files, the cache state."""
+    shape = (params.channels, params.image_size, params.image_size)
+    stem = None
+    if params.cache:
+        base = Path(params.cache_dir).expanduser() if params.cache_dir else default_cache_dir()
+        stem = base / "image-folder" / cache_key(root, files, params)
+        cached = _load_cached(stem, shape)
+        if cached is not None:
+            return (*cached, "hit")
+    images, skipped = decode_all(
+        root, files, params.image_size, params.channels, params.skip_corrupt
+    )
+    if stem is None:
+        return images, skipped, "off"
+    return images, skipped, "written" if _save_cached(stem, images, skipped, root) else "failed"
+
+
+def _eager(root: Path, files: list[Path], params: ImageFolderParams) -> tuple:
+    """Every split as a float tensor, decoded at load."""
+    images, skipped, cache_state = _decoded(root, files, params)
+    splits = _splits(len(images), root, params)
 
     def take(idx: np.ndarray) -> torch.Tensor | None:
         return uint8_to_float(images, idx, params.scale) if len(idx) else None
 
-    train = take(train_idx)
+    return tuple(take(idx) for idx in splits), splits, skipped, cache_state
+
+
+def _lazy(root: Path, files: list[Path], params: ImageFolderParams) -> tuple:
+    """Training rows decoded on demand; validation and test decoded at load."""
+    import numpy as np
+
+    from gan_pipe.plugins.data.lazy_images import lazy_splits, verified
+
+    skipped: list[str] = []
+    if params.skip_corrupt:
+        files, skipped = verified(root, files)
+    splits = _splits(len(files), root, params)
+    rows, val_files, test_files = lazy_splits(files, splits, params)
+
+    def take(some: list[Path]) -> torch.Tensor | None:
+        if not some:
+            return None
+        images, _ = decode_all(root, some, params.image_size, params.channels, False)
+        return uint8_to_float(images, np.arange(len(images)), params.scale)
+
+    return (rows, take(val_files), take(test_files)), splits, skipped, "off (lazy)"
+
+
+def load_image_folder(params: ImageFolderParams) -> Dataset:
+    """Decode (or load from the cache), scale and split a folder of images; with ``lazy``, the
+    training images are decoded when batches need them (plugins/data/lazy_images.py)."""
+    from gan_pipe.plugins.data.lazy_images import decide_lazy
+
+    root, files = _listed_files(params)
+    row_bytes = 4 * params.channels * params.image_size**2
+    lazy = decide_lazy(params.lazy, len(files), row_bytes)
+    load = _lazy if lazy else _eager
+    (train, val, test), splits, skipped, cache_state = load(root, files, params)
     assert train is not None
     return Dataset(
         name="image-folder",
         train=train,
-        val=take(val_idx),
-        test=take(test_idx),
+        val=val,
+        test=test,
         value_range=(-1.0, 1.0) if params.scale == "tanh" else (0.0, 1.0),
         is_image=True,
+        fits_device=False if lazy else None,
         info={
             "source": "image-folder",
             "path": str(root),
@@ -388,11 +441,12 @@ def load_image_folder(params: ImageFolderParams) -> Dataset:
             "n_skipped": len(skipped),
             "image_size": params.image_size,
             "channels": params.channels,
-            "n_train": len(train_idx),
-            "n_val": len(val_idx),
-            "n_test": len(test_idx),
+            "n_train": len(splits[0]),
+            "n_val": len(splits[1]),
+            "n_test": len(splits[2]),
             "split_seed": params.split_seed,
             "cache": cache_state,
+            "lazy": lazy,
         },
     )
 

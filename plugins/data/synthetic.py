@@ -3,8 +3,8 @@
 Each is an equal-weight mixture of isotropic Gaussians (one component for ``gaussian-1d``), so
 the dataset can expose the exact ``log_density`` and an exact ``sample``: divergence metrics
 then compare the generator to the true distribution instead of to a finite sample, and the
-mode-collapse metric reads the mode centres and width from ``info["modes"]`` /
-``info["mode_std"]``.
+mode-collapse metric reads the mode centres and width from ``Dataset.modes`` /
+``Dataset.mode_std`` (also kept in ``info["modes"]`` / ``info["mode_std"]``).
 
 * ``gaussian-1d``: N(mu=4, sigma=0.5), the 1-D GAN of seed 001.
 * ``ring8``: 8 Gaussians evenly on a circle of radius 1, std 0.01 (VEEGAN / PacGAN).
@@ -143,6 +143,8 @@ def _make(name: str, mix: GaussianMixture, p: _SplitParams, extra: dict[str, Any
         is_image=False,
         log_density=mix.log_density,
         sample=mix.sample,
+        modes=mix.centres,
+        mode_std=mix.std,
         info={
             "modes": mix.centres.tolist(),
             "mode_std": mix.std,

@@ -88,6 +88,9 @@ def _d_terms(x: LossInputs, real_label: float, fake_label: float, reduction: str
 class MinimaxLoss:
     """min_G max_D E[log D(x)] + E[log(1 - D(G(z)))] (saturating generator loss)."""
 
+    #: The extra scalars its methods return, logged as ``train/<key>`` (see docs/metrics.md).
+    logs = ("d_real", "d_fake", "js_estimate")
+
     def __init__(self, params: MinimaxParams | None = None):
         self.params = params or MinimaxParams()
 
@@ -101,6 +104,9 @@ class MinimaxLoss:
 
 class NonSaturatingLoss:
     """D: BCE with (optionally smoothed) labels; G: maximise log D(G(z))."""
+
+    #: The extra scalars its methods return, logged as ``train/<key>`` (see docs/metrics.md).
+    logs = ("d_real", "d_fake", "js_estimate")
 
     def __init__(self, params: NonSaturatingParams | None = None):
         self.params = params or NonSaturatingParams()

@@ -40,6 +40,9 @@ class FeatureMatching:
     weighted term, as added to the generator loss.
     """
 
+    #: The extra scalars its terms return, logged as ``train/<key>`` (see docs/metrics.md).
+    logs = ("feature_matching",)
+
     def __init__(self, params: FeatureMatchingParams | None = None):
         self.params = params or FeatureMatchingParams()
 

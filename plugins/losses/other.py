@@ -45,6 +45,9 @@ def _outputs(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch
 class HingeLoss:
     """D: E relu(1 - D(x)) + E relu(1 + D(G(z))); G: -E D(G(z))."""
 
+    #: The extra scalars its methods return, logged as ``train/<key>`` (see docs/metrics.md).
+    logs = ("d_real", "d_fake")
+
     def __init__(self, params: HingeParams | None = None):
         self.params = params or HingeParams()
 
@@ -60,6 +63,9 @@ class HingeLoss:
 
 class LeastSquaresLoss:
     """D: 1/2 E (D(x) - b)^2 + 1/2 E (D(G(z)) - a)^2; G: 1/2 E (D(G(z)) - c)^2."""
+
+    #: The extra scalars its methods return, logged as ``train/<key>`` (see docs/metrics.md).
+    logs = ("d_real", "d_fake")
 
     def __init__(self, params: LeastSquaresParams | None = None):
         self.params = params or LeastSquaresParams()

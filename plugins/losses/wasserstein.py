@@ -106,9 +106,13 @@ def gradient_penalty(
     over the non-batch dims. The graph is kept (create_graph) so the penalty trains the critic.
     Runs in float32 with autocast off: bf16 gradients of a gradient are too coarse for a
     norm compared against 1. ``eval_mode`` runs this critic pass in eval mode (seed 003) and
-    restores the critic's mode after it. Returns (penalty, per-sample gradient norms).
+    gives every submodule its own mode back after it. Returns (penalty, per-sample gradient norms).
     """
+    from contextlib import nullcontext
+
     import torch
+
+    from gan_pipe.evaluation import eval_mode as modes_restored
 
     if real.shape != fake.shape:
         raise ValueError(
@@ -124,14 +128,8 @@ def gradient_penalty(
         else:
             alpha = alpha.detach().to(real).reshape(bshape)
         x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-        was_training = getattr(critic, "training", None)
-        if eval_mode and was_training is not None:
-            critic.eval()
-        try:
+        with modes_restored(critic) if eval_mode and hasattr(critic, "modules") else nullcontext():
             out = critic(x_hat).float()
-        finally:
-            if eval_mode and was_training is not None:
-                critic.train(was_training)
         # Summing is right because each output depends only on its own sample (no BatchNorm
         # in train mode).
         (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
@@ -144,6 +142,9 @@ def gradient_penalty(
 
 class WGANLoss:
     """Critic: min -E D(x) + E D(G(z)) with weights clipped after every step; G: min -E D(G(z))."""
+
+    #: The extra scalars its methods return, logged as ``train/<key>`` (see docs/metrics.md).
+    logs = ("wasserstein_estimate", "d_real", "d_fake")
 
     def __init__(self, params: WGANParams | None = None):
         self.params = params or WGANParams()
@@ -162,6 +163,9 @@ class WGANGPLoss:
     """Critic: -E D(x) + E D(G(z)) + lambda * gradient penalty (+ drift E D(x)^2);
     G: min -E D(G(z)). Use a critic without BatchNorm (layer norm is fine): the penalty is
     per sample, and BatchNorm mixes the samples of a batch."""
+
+    #: The extra scalars its methods return, logged as ``train/<key>`` (see docs/metrics.md).
+    logs = ("wasserstein_estimate", "d_real", "d_fake", "gp", "grad_norm")
 
     def __init__(self, params: WGANGPParams | None = None):
         self.params = params or WGANGPParams()

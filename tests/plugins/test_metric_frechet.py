@@ -1,9 +1,8 @@
 """Frechet distance / KID in classifier features: checked against independent references.
 
-* the closed-form Frechet distance of Gaussians (diagonal covariances, 1-D),
-* a direct computation of tr((S1 S2)^(1/2)) from eigenvalues of S1^(1/2) S2 S1^(1/2)
-  (symmetric eigendecompositions, no ``sqrtm``),
-* a brute-force double loop for the unbiased polynomial-kernel MMD^2,
+The mathematics is tested in tests/estimators/test_frechet_kid.py; here the metric and its
+classifier (``gan_pipe.estimators.features``):
+
 * on real data: scikit-learn's digits, where real held-out images must score near the
   real-vs-real floor and noise far above it.
 """
@@ -22,16 +21,13 @@ from threadpoolctl import threadpool_limits
 
 from gan_pipe.context import Dataset
 from gan_pipe.errors import UserError
+from gan_pipe.estimators import features
+from gan_pipe.estimators.features import classifier_cache_key
+from gan_pipe.estimators.gaussian import feature_stats, frechet_distance
+from gan_pipe.estimators.rows import random_rows
 from gan_pipe.plugins.data.digits import DigitsParams, load_digits_dataset
 from gan_pipe.plugins.metrics import frechet
-from gan_pipe.plugins.metrics.frechet import (
-    FrechetMetric,
-    FrechetParams,
-    classifier_cache_key,
-    feature_stats,
-    frechet_distance,
-    kid,
-)
+from gan_pipe.plugins.metrics.frechet import FrechetMetric, FrechetParams
 from gan_pipe.registry import Register, Registry
 
 
@@ -43,161 +39,6 @@ def _one_thread():
     with threadpool_limits(1):
         yield
     torch.set_num_threads(old)
-
-
-# ------------------------------------------------------------------ references
-def reference_frechet(mu1, s1, mu2, s2) -> float:
-    """tr((S1 S2)^(1/2)) = sum sqrt(eig(S1^(1/2) S2 S1^(1/2))), all from eigh (no sqrtm)."""
-    w, v = np.linalg.eigh(s1)
-    r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = r1 @ s2 @ r1
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-    d = mu1 - mu2
-    return float(d @ d + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
-
-
-def brute_force_mmd2(x, y, degree=3, gamma=None, coef0=1.0) -> float:
-    """Unbiased MMD^2 (Gretton et al. 2012, eq. 3) with explicit loops."""
-    m, d = x.shape
-    g = 1.0 / d if gamma is None else gamma
-
-    def k(a, b):
-        return (float(np.dot(a, b)) * g + coef0) ** degree
-
-    kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j)
-    kyy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
-    kxy = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
-    return kxx / (m * (m - 1)) + kyy / (m * (m - 1)) - 2 * kxy / (m * m)
-
-
-def random_cov(rng, d, n=None):
-    a = rng.standard_normal((n or 2 * d, d))
-    return a.T @ a / a.shape[0]
-
-
-# ------------------------------------------------------------------ frechet_distance
-def test_diagonal_gaussians_closed_form():
-    rng = np.random.default_rng(0)
-    d = 6
-    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
-    v1, v2 = rng.uniform(0.1, 3, d), rng.uniform(0.1, 3, d)
-    expected = np.sum((mu1 - mu2) ** 2) + np.sum(v1 + v2 - 2 * np.sqrt(v1 * v2))
-    got = frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2))
-    assert got == pytest.approx(expected, rel=1e-10, abs=1e-12)
-
-
-@pytest.mark.parametrize(
-    ("m1", "sd1", "m2", "sd2"), [(0, 1, 0, 1), (1.5, 0.5, -2, 2), (0, 3, 0, 1)]
-)
-def test_one_dimensional_closed_form(m1, sd1, m2, sd2):
-    expected = (m1 - m2) ** 2 + (sd1 - sd2) ** 2
-    assert frechet_distance(m1, sd1**2, m2, sd2**2) == pytest.approx(expected, abs=1e-12)
-    got = frechet_distance(np.array([m1]), np.array([[sd1**2]]), np.array([m2]), [[sd2**2]])
-    assert got == pytest.approx(expected, abs=1e-12)
-
-
-def test_zero_for_identical_stats_and_symmetric():
-    rng = np.random.default_rng(1)
-    d = 20
-    mu, s = rng.standard_normal(d), random_cov(rng, d)
-    assert abs(frechet_distance(mu, s, mu, s)) < 1e-8
-    mu2, s2 = rng.standard_normal(d), random_cov(rng, d)
-    assert frechet_distance(mu, s, mu2, s2) == pytest.approx(
-        frechet_distance(mu2, s2, mu, s), rel=1e-9
-    )
-
-
-@pytest.mark.parametrize("d", [2, 16, 128])
-def test_matches_direct_computation_full_covariances(d):
-    rng = np.random.default_rng(d)
-    mu1, mu2 = rng.standard_normal(d), 0.3 * rng.standard_normal(d)
-    s1, s2 = random_cov(rng, d), random_cov(rng, d) * 2.0
-    got = frechet_distance(mu1, s1, mu2, s2)
-    assert got == pytest.approx(reference_frechet(mu1, s1, mu2, s2), rel=1e-8, abs=1e-8)
-    assert got > 0
-
-
-def test_singular_covariances_stay_finite():
-    """Fewer samples than dimensions: rank-deficient covariances (the eps fallback's case)."""
-    rng = np.random.default_rng(3)
-    d = 30
-    s1, s2 = random_cov(rng, d, n=10), random_cov(rng, d, n=12)
-    mu1, mu2 = np.zeros(d), np.full(d, 0.1)
-    got = frechet_distance(mu1, s1, mu2, s2)
-    assert np.isfinite(got)
-    assert got == pytest.approx(reference_frechet(mu1, s1, mu2, s2), rel=1e-3, abs=1e-3)
-
-
-def test_shape_mismatch_raises():
-    with pytest.raises(ValueError, match="covariances"):
-        frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3))
-
-
-def test_feature_stats_matches_numpy():
-    rng = np.random.default_rng(4)
-    f = rng.standard_normal((50, 7)).astype(np.float32)
-    mu, s = feature_stats(f)
-    assert mu.dtype == np.float64 and s.shape == (7, 7)
-    np.testing.assert_allclose(mu, f.astype(np.float64).mean(0), rtol=1e-12)
-    ref = (f - f.mean(0)).T.astype(np.float64) @ (f - f.mean(0)).astype(np.float64) / 49
-    np.testing.assert_allclose(s, ref, rtol=1e-5, atol=1e-7)
-
-
-def test_fid_of_gaussian_samples_approaches_closed_form():
-    """Stats from samples of N(mu1, D1), N(mu2, D2) give about the closed form."""
-    rng = np.random.default_rng(5)
-    d, n = 4, 20000
-    v1, v2 = np.array([1.0, 2.0, 0.5, 1.0]), np.array([2.0, 1.0, 0.5, 4.0])
-    x = rng.standard_normal((n, d)) * np.sqrt(v1)
-    y = rng.standard_normal((n, d)) * np.sqrt(v2) + 1.0
-    expected = d * 1.0 + np.sum(v1 + v2 - 2 * np.sqrt(v1 * v2))
-    got = frechet_distance(*feature_stats(x), *feature_stats(y))
-    assert got == pytest.approx(expected, rel=0.05)
-
-
-# ------------------------------------------------------------------ kid
-@pytest.mark.parametrize(
-    ("degree", "gamma", "coef0"), [(3, None, 1.0), (2, 0.5, 0.0), (1, None, 2.0)]
-)
-def test_kid_one_subset_matches_brute_force(degree, gamma, coef0):
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((25, 5))
-    y = rng.standard_normal((25, 5)) + 0.3
-    # one subset of all rows: a permutation of each set, and MMD^2 is permutation invariant
-    mean, std = kid(x, y, subsets=1, subset_size=25, degree=degree, gamma=gamma, coef0=coef0)
-    assert mean == pytest.approx(brute_force_mmd2(x, y, degree, gamma, coef0), rel=1e-10)
-    assert std == 0.0
-
-
-def test_kid_subset_is_a_sample_without_replacement():
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((40, 3))
-    y = rng.standard_normal((30, 3)) + 0.5
-    mean, _ = kid(x, y, subsets=1, subset_size=12, seed=3)
-    r = np.random.RandomState(3)
-    a = x[r.choice(40, 12, replace=False)]
-    b = y[r.choice(30, 12, replace=False)]
-    assert mean == pytest.approx(brute_force_mmd2(a, b), rel=1e-10)
-
-
-def test_kid_near_zero_for_same_distribution_and_positive_when_shifted():
-    rng = np.random.default_rng(8)
-    d = 16
-    x = rng.standard_normal((1000, d))
-    y = rng.standard_normal((1000, d))
-    z = rng.standard_normal((1000, d)) + 0.5
-    same, same_std = kid(x, y, subsets=20, subset_size=200)
-    shifted, shifted_std = kid(x, z, subsets=20, subset_size=200)
-    assert abs(same) < 0.02
-    assert abs(same) < 3 * same_std
-    assert shifted > 0.3 and shifted > 10 * abs(same) and shifted > 5 * shifted_std
-
-
-def test_kid_is_seeded():
-    rng = np.random.default_rng(9)
-    x, y = rng.standard_normal((100, 4)), rng.standard_normal((100, 4))
-    assert kid(x, y, 5, 30, seed=1) == kid(x, y, 5, 30, seed=1)
-    assert kid(x, y, 5, 30, seed=1) != kid(x, y, 5, 30, seed=2)
 
 
 # ------------------------------------------------------------------ params and registration
@@ -226,9 +67,9 @@ def test_module_import_does_not_import_torch():
 
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("GAN_PIPE_CACHE", str(tmp_path))
-    assert frechet.default_cache_dir() == tmp_path / "classifiers"
+    assert features.default_cache_dir() == tmp_path / "classifiers"
     monkeypatch.delenv("GAN_PIPE_CACHE")
-    assert frechet.default_cache_dir().parts[-3:] == (".cache", "gan-pipe", "classifiers")
+    assert features.default_cache_dir().parts[-3:] == (".cache", "gan-pipe", "classifiers")
 
 
 # ------------------------------------------------------------------ fake runs
@@ -274,13 +115,13 @@ def small_params(tmp_path, **kw) -> FrechetParams:
 @pytest.fixture
 def count_training(monkeypatch):
     calls = []
-    real = frechet.train_classifier
+    real = features.train_classifier
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(frechet, "train_classifier", counting)
+    monkeypatch.setattr(features, "train_classifier", counting)
     return calls
 
 
@@ -344,9 +185,9 @@ def test_accuracy_is_measured_on_labelled_rows_or_left_out(tmp_path):
     ds = blobs_dataset()
     p = small_params(tmp_path)
     with_labels = FrechetMetric(p).compute(fake_ctx(ds, lambda n: ds.test[:n]))
-    model, cached, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
+    model, cached, _ = features.load_or_train_classifier(ds, p, torch.device("cpu"))
     assert cached
-    own = frechet.classifier_accuracy(model, ds.to_unit(ds.test), ds.test_labels, "cpu")
+    own = features.classifier_accuracy(model, ds.to_unit(ds.test), ds.test_labels, "cpu")
     assert with_labels["fid_classifier_acc"] == own
 
     unlabelled = blobs_dataset()
@@ -455,13 +296,13 @@ def test_digits_noise_scores_far_above_the_floor(digits_results):
 def test_digits_features_are_extracted_without_touching_the_model_mode(
     digits, digits_params, digits_results
 ):
-    model, cached, _ = frechet.load_or_train_classifier(digits, digits_params, torch.device("cpu"))
+    model, cached, _ = features.load_or_train_classifier(digits, digits_params, torch.device("cpu"))
     assert cached  # trained by the digits_results fixture
     model.train()
     x = digits.to_unit(digits.test[:7])
-    a = frechet.extract_features(model, x, torch.device("cpu"), batch_size=3)
+    a = features.extract_features(model, x, torch.device("cpu"), batch_size=3)
     assert model.training and a.shape == (7, 128) and a.dtype == np.float64
-    b = frechet.extract_features(model, x, torch.device("cpu"), batch_size=500)
+    b = features.extract_features(model, x, torch.device("cpu"), batch_size=500)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -470,11 +311,11 @@ def test_features_are_in_units_of_their_training_rms(tmp_path, count_training):
     features have RMS 1 (here every row sets it), and a loaded classifier keeps the scale."""
     ds = blobs_dataset()
     p = small_params(tmp_path)
-    model, cached, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
-    f = frechet.extract_features(model, ds.to_unit(ds.train), torch.device("cpu"))
+    model, cached, _ = features.load_or_train_classifier(ds, p, torch.device("cpu"))
+    f = features.extract_features(model, ds.to_unit(ds.train), torch.device("cpu"))
     assert not cached and float(np.sqrt((f**2).mean())) == pytest.approx(1.0, rel=1e-5)
     assert float(model.feature_scale) != 1.0  # a scale was set, not the default
-    again, cached, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
+    again, cached, _ = features.load_or_train_classifier(ds, p, torch.device("cpu"))
     assert cached and float(again.feature_scale) == float(model.feature_scale)
     assert len(count_training) == 1
 
@@ -482,20 +323,17 @@ def test_features_are_in_units_of_their_training_rms(tmp_path, count_training):
 def test_floor_uses_as_many_real_rows_as_there_are_generated_ones(tmp_path):
     """A short sample file (10 rows of 40 asked for): the floor is computed on 10 training
     rows too, so fid and fid_floor carry the same small-sample bias."""
-    from gan_pipe.plugins.metrics.sampling import random_rows
 
     ds = blobs_dataset()
     p = small_params(tmp_path)
     out = FrechetMetric(p).compute(fake_ctx(ds, lambda n: ds.test[:10]))
-    model, _, _ = frechet.load_or_train_classifier(ds, p, torch.device("cpu"))
+    model, _, _ = features.load_or_train_classifier(ds, p, torch.device("cpu"))
 
     def stats(x):
-        return frechet.feature_stats(
-            frechet.extract_features(model, ds.to_unit(x), torch.device("cpu"))
-        )
+        return feature_stats(features.extract_features(model, ds.to_unit(x), torch.device("cpu")))
 
     ref = stats(random_rows(ds.test, p.n_samples, p.seed))
-    floor = frechet.frechet_distance(*stats(random_rows(ds.train, 10, p.seed + 1)), *ref)
+    floor = frechet_distance(*stats(random_rows(ds.train, 10, p.seed + 1)), *ref)
     assert out["fid_n_samples"] == 10
     assert out["fid_floor"] == pytest.approx(floor, rel=1e-9)
 
@@ -506,9 +344,9 @@ def test_reference_side_is_computed_once_per_run(tmp_path, monkeypatch, count_tr
     ds = blobs_dataset()
     ctx = fake_ctx(ds, lambda n: ds.test[:n])
     calls = []
-    real = frechet.extract_features
+    real = features.extract_features
     monkeypatch.setattr(
-        frechet,
+        features,
         "extract_features",
         lambda m, x, *a, **k: calls.append(len(x)) or real(m, x, *a, **k),
     )

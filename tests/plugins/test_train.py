@@ -188,14 +188,17 @@ def test_vector_data_get_a_sample_picture_per_step(dim):
     MLflow image slider shows mode collapse as it happens, as it shows grids for images."""
     import numpy as np
 
+    from gan_pipe.plugins.callbacks.frames import SampleFrames
+
     t = _tiny_trainer(dim=dim)
     got = []
     t.ctx.tracker.log_image = lambda image, key, step: got.append((image, key, step))
-    t._log_samples(3)
-    t._log_samples(3)
+    frames = SampleFrames(t.ctx, every=1, total=2)
+    frames.draw(t.ctx, 3)
+    frames.draw(t.ctx, 3)
     with torch.no_grad():
         t.G.bias.add_(3.0)  # another generator: another picture
-    t._log_samples(4)
+    frames.draw(t.ctx, 4)
     (a, key, step), (again, _, _), (b, _, step_b) = got
     assert key == "samples" and (step, step_b) == (3, 4)
     assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3
