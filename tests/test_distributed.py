@@ -133,6 +133,31 @@ def test_the_ranks_random_draws_are_the_one_process_draw_cut_in_two(two_ranks):
     assert torch.equal(torch.cat(parts), whole)
 
 
+def test_a_streamed_batch_is_the_same_shard_as_the_resident_one(two_ranks):
+    """Each rank's StreamSampler batch is its BatchSampler batch, and the two ranks' batches
+    put together are the one-process global batch, across an epoch boundary."""
+    from gan_pipe.dataloading import StreamSampler, TensorRows
+    from gan_pipe.plugins.train import BatchSampler
+
+    data = torch.arange(40.0).reshape(20, 2)  # 5 global batches of 4 per epoch
+    torch.manual_seed(5)
+    perms = [torch.randperm(20) for _ in range(2)]
+    whole = [data[p[k * 4 : (k + 1) * 4]] for p in perms for k in range(5)]
+    got = []
+    for r in (0, 1):
+        two_ranks(r)
+        torch.manual_seed(5)
+        stream = StreamSampler(TensorRows(data), 4, torch.device("cpu"), workers=0)
+        streamed = [stream.next() for _ in range(8)]
+        torch.manual_seed(5)
+        resident = BatchSampler(data, 4)
+        assert all(torch.equal(a, resident.next()) for a in streamed)
+        assert all(len(b) == 2 for b in streamed)
+        got.append(streamed)
+    for k in range(8):
+        assert torch.equal(torch.cat([got[0][k], got[1][k]]), whole[k]), k
+
+
 def test_one_process_is_untouched(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     x = torch.arange(5)
@@ -278,21 +303,36 @@ def test_collectives_between_two_processes(tmp_path):
 def runs_dir(tmp_path_factory) -> Path:
     where = tmp_path_factory.mktemp("ddp")
     write(where / "tiny.toml", RECIPE)
+    write(where / "ema.toml", RECIPE + EMA)
     return where
+
+
+#: the ema callback, averaging from step 2 on (runs on every process)
+EMA = """
+[[callbacks]]
+name = "ema"
+[callbacks.params]
+decay = 0.8
+start_step = 2
+"""
 
 
 VARIANTS = {
     # alternating updates, 2 critic steps per generator step: DDP's backward() averages
-    "alternating": [],
+    "alternating": ["tiny.toml"],
     # WGAN-GP (the penalty's double backward through DDP), one forward pass for both nets
     # (gradients from torch.autograd.grad, averaged by hand) and batches drawn with
     # replacement
     "wgan-gp-simultaneous": [
+        "tiny.toml",
         '--set=loss.name="wgan-gp"',
         '--set=train.updates="simultaneous"',
         "--set=train.n_critic=1",
         '--set=train.sampling="replacement"',
     ],
+    # the rows streamed by a DataLoader (each process loads its shard of every batch), and
+    # the ema callback: its average, in every checkpoint, is the 1-process run's too
+    "streamed-ema": ["ema.toml", "--set=data.stream=true", "--set=data.workers=0"],
 }
 
 
@@ -301,7 +341,7 @@ VARIANTS = {
 def test_two_processes_train_as_one_at_the_same_global_batch(runs_dir, variant):
     """``torchrun --nproc-per-node 2 -m gan_pipe run`` against ``python -m gan_pipe run``:
     every logged train/ value and every weight of both nets within TOL."""
-    args = ["run", "tiny.toml", *VARIANTS[variant]]
+    args = ["run", *VARIANTS[variant]]
     one = _run_id(_gan_pipe(runs_dir, *args).stdout)
     before = _n_runs(runs_dir, one)
     launched = _gan_pipe(runs_dir, *args, torchrun=2)
@@ -319,12 +359,21 @@ def test_two_processes_train_as_one_at_the_same_global_batch(runs_dir, variant):
         worst = max(worst, (v2 - v1).abs().max().item())
     c1, c2 = _final_checkpoint(runs_dir, one), _final_checkpoint(runs_dir, two)
     assert c1["step"] == c2["step"] == 24
-    for net in ("generator", "discriminator"):
-        torch.testing.assert_close(c2[net], c1[net], rtol=TOL, atol=TOL)
-        worst = max(worst, *((c2[net][k] - c1[net][k]).abs().max().item() for k in c1[net]))
+    nets = {net: (c1[net], c2[net]) for net in ("generator", "discriminator")}
+    if variant == "streamed-ema":
+        ema1, ema2 = (c["callbacks"]["callbacks.0"] for c in (c1, c2))
+        assert ema1["started_at"] == ema2["started_at"] == 2 and ema1["updates"] == 22
+        nets["ema"] = (ema1["average"], ema2["average"])
+        g1 = c1["generator"]
+        assert any(not torch.equal(ema1["average"][k], g1[k]) for k in g1)  # an average
+    for net, (w1, w2) in nets.items():
+        torch.testing.assert_close(w2, w1, rtol=TOL, atol=TOL, msg=lambda m, n=net: f"{n}: {m}")
+        worst = max(worst, *((w2[k] - w1[k]).abs().max().item() for k in w1))
     print(f"{variant}: largest difference 1 vs 2 processes {worst:.2g} (tolerance {TOL:g})")
     params = {r: _client(runs_dir).get_run(r).data.params for r in (one, two)}
     assert params[one]["dist.world_size"] == "1" and params[two]["dist.world_size"] == "2"
+    streamed = str(variant == "streamed-ema")
+    assert params[one]["data.streamed"] == params[two]["data.streamed"] == streamed
 
 
 def _interrupted_run(where: Path, seed: int) -> tuple[str, str]:
