@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from . import __version__
+from . import __version__, distributed
 from .errors import GanPipeError, RecipeError, UserError
 from .evaluation import is_setting
 
@@ -32,6 +32,17 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--set", "-s", help="override a key: --set train.lr=1e-4 (repeatable)", show_default=False
+    ),
+]
+
+NprocOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="train in N processes on this machine with DistributedDataParallel (starts "
+        "torchrun; the global batch train.batch_size is split among them)",
+        show_default=False,
     ),
 ]
 
@@ -57,6 +68,14 @@ def _load(recipe: Path, overrides: list[str] | None):
     return load_recipe(recipe, plugins.registry, overrides), plugins
 
 
+def _launch(nproc: int, argv: list[str]) -> None:
+    """``gan-pipe ... --nproc N``: the same command in N processes through torchrun."""
+    if distributed.launched():
+        _err("--nproc is for gan-pipe itself; under torchrun, leave it out")
+        raise typer.Exit(2)
+    raise typer.Exit(distributed.launch(nproc, argv))
+
+
 def _stage(name: str) -> None:
     typer.secho(f"[{name}]", fg=typer.colors.CYAN, err=True)
 
@@ -71,9 +90,11 @@ def _interrupted(e: KeyboardInterrupt) -> str:
             "interrupted before the first training step; the MLflow run is marked KILLED and "
             "has no checkpoint, so there is nothing to resume: run the recipe again"
         )
+    n = distributed.world_size()
     return (
         f"interrupted; the MLflow run is marked KILLED with a checkpoint of step "
         f"{e.checkpoint_step}: continue it with gan-pipe resume {getattr(e, 'run_id', 'RUN_ID')}"
+        + (f" --nproc {n}" if n > 1 else "")
     )
 
 
@@ -82,7 +103,8 @@ def _train(start: Callable[[], Any], interrupted: str | None = None) -> Any:
     try:
         return start()
     except KeyboardInterrupt as e:
-        _err(interrupted or _interrupted(e))
+        if distributed.is_main():  # one message for all the processes of a torchrun launch
+            _err(interrupted or _interrupted(e))
         raise typer.Exit(130) from None
     except RecipeError as e:
         raise _fail(e) from None
@@ -107,19 +129,23 @@ def _fail(e: BaseException) -> typer.Exit:
 
 
 @app.command()
-def run(recipe: RecipeArg, set_: SetOpt = None) -> None:
+def run(recipe: RecipeArg, set_: SetOpt = None, nproc: NprocOpt = None) -> None:
     """Run one experiment: data -> build -> train -> evaluate -> report."""
     try:
         resolved, plugins = _load(recipe, set_)
+        if nproc and nproc > 1:
+            distributed.check_global_batch(resolved.recipe.train.batch_size, nproc)
     except UserError as e:
         raise _fail(e) from None
+    if nproc and nproc > 1:
+        _launch(nproc, ["run", str(recipe), *(f"--set={s}" for s in set_ or [])])
     from .runner import run as run_recipe
 
     name = resolved.recipe.experiment.name
     typer.echo(f"gan-pipe {__version__}: running {name} from {recipe}", err=True)
     result = _train(lambda: run_recipe(resolved, plugins, on_stage=_stage))
-
-    _summary(result)
+    if distributed.is_main():  # the other processes of a torchrun launch say nothing
+        _summary(result)
 
 
 @app.command()
@@ -433,6 +459,7 @@ def resume(
         list[str] | None,
         typer.Option("--set", "-s", help="train.steps, train.epochs or train.progress only"),
     ] = None,
+    nproc: NprocOpt = None,
 ) -> None:
     """Continue a run from its last checkpoint, in the same MLflow run (after Ctrl-C, or for more steps).
 
@@ -440,10 +467,14 @@ def resume(
     """  # noqa: E501
     from .reevaluate import resume as resume_run
 
+    if nproc and nproc > 1:
+        more = ["--steps", str(steps)] if steps is not None else []
+        _launch(nproc, ["resume", run_id, *more, *(f"--set={s}" for s in set_ or [])])
     plugins_ = _plugins()
     note = lambda m: typer.echo(m, err=True)  # noqa: E731
     result = _train(lambda: resume_run(run_id, plugins_, steps, set_, on_stage=_stage, note=note))
-    _summary(result)
+    if distributed.is_main():
+        _summary(result)
 
 
 @app.command()

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from gan_pipe.distributed import shard
 from gan_pipe.errors import UserError
 
 #: With ``data.stream = "auto"``, a tensor dataset streams on CUDA when its bytes exceed this
@@ -233,7 +234,9 @@ class StreamSampler:
     drawn when its first batch is asked for, as the resident path does.
 
     ``_perm`` and ``_i`` (the epoch's permutation and the next batch's number) are what a
-    checkpoint saves; setting either (resume, rollback) restarts the loader there."""
+    checkpoint saves; setting either (resume, rollback) restarts the loader there. Under
+    torchrun each process loads only its contiguous shard of every global batch
+    (:func:`gan_pipe.distributed.shard`), as the resident path keeps it."""
 
     def __init__(
         self, rows: Rows, batch_size: int, device: torch.device, workers: int, prefetch: int = 2
@@ -269,8 +272,8 @@ class StreamSampler:
             self._pos = 0
         if self._batches is None:
             order, bs = self._order.cpu().tolist(), self.batch_size
-            self._plan.batches = [
-                order[k * bs : (k + 1) * bs] for k in range(self._pos, self.per_epoch)
+            self._plan.batches = [  # under torchrun: this process's shard of each batch
+                shard(order[k * bs : (k + 1) * bs]) for k in range(self._pos, self.per_epoch)
             ]
             self._batches = iter(self._loader)
         batch = _checked(next(self._batches))

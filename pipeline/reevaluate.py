@@ -20,12 +20,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .errors import RecipeError, UserError
 from .evaluation import evaluate_and_log
 from .host import PluginHost
 from .liveness import ERROR_TAGS, liveness, refuse_if_alive, stale_message
 from .recipe import ResolvedRecipe, apply_override, parse_override, resolve
-from .runner import RunResult, execute, new_context, pick_device, seed_everything
+from .runner import (
+    RunResult,
+    execute,
+    new_context,
+    pick_device,
+    rank_device,
+    seed_everything,
+)
 from .spool import sync_before_resume
 from .tracking import Tracker
 
@@ -200,32 +208,62 @@ def resume(
     A run that a live process still writes is refused; ``note`` hears what was found (a
     RUNNING run whose process died, a FAILED or KILLED one) and from which step it goes on.
     """
-    sync_before_resume(run_id, note or log.info)
-    found = refuse_if_alive(run_id, "resume")
     items = list(overrides or [])
     if steps is not None:
         items.append(f"train.steps={steps}")
     edit = _overrides(items, ("train.steps", "train.epochs", "train.progress"), "resume")
+    distributed.start()
+    # under torchrun rank 0 checks the run first; then every rank loads the same checkpoint
+    check = (note or log.info) if distributed.is_main() else None
+    found, resolved, state = distributed.main_first(
+        lambda: _resumable(run_id, plugins, edit, check)
+    )
+    device = rank_device(resolved.recipe.experiment.device)
+    if note is not None and found is not None:
+        note(f"{_found(found)}; resuming from step {state['step']}")
+    if not distributed.is_main():
+        tracker: Any = distributed.RankTracker()
+    else:  # checked: only now is the run reopened (a refused resume leaves it as it was)
+        tracker = Tracker.reopen(run_id)
+        for key in ERROR_TAGS:  # the failed or killed attempt's tags describe it no more
+            if found is not None and key in found.data.tags:
+                tracker.client.delete_tag(run_id, key)
+        tracker.set_tags(
+            {
+                "gan_pipe.resumed_from_step": state["step"],
+                "gan_pipe.resumed_world_size": distributed.world_size(),
+            }
+        )
+    seed_everything(resolved.recipe.experiment.seed)
+    ctx = new_context(resolved, plugins, tracker, device)
+    ctx.state["resume"] = state
+    name = tracker.run.info.run_name if distributed.is_main() else ""
+    return execute(ctx, name, None, on_stage)
+
+
+def _resumable(
+    run_id: str,
+    plugins: Plugins,
+    edit: Callable[[dict[str, Any]], None],
+    check: Callable[[str], None] | None,
+) -> tuple[Any, ResolvedRecipe, dict[str, Any]]:
+    """(the run as found, its resolved recipe, its last checkpoint), once the run is checked
+    resumable: with ``check`` (rank 0; it hears what a spool sync did), the run's spool is
+    uploaded and no live process writes it; training is left to do and the global batch
+    splits among the processes."""
+    found = None
+    if check is not None:
+        sync_before_resume(run_id, check)
+        found = refuse_if_alive(run_id, "resume")
     _, resolved, state = load_logged_run(run_id, plugins, edit, "resume")
-    device = pick_device(resolved.recipe.experiment.device)
     total = resolved.recipe.train.steps
     if total is not None and total <= int(state["step"]):
         raise UserError(
             f"run {run_id} has trained {state['step']} steps and its recipe asks for "
             f"{total}; ask for more with --steps N"
         )
-    if note is not None and found is not None:
-        note(f"{_found(found)}; resuming from step {state['step']}")
-    # Checked: only now is the run reopened for writing (a refused resume leaves it as it was).
-    tracker = Tracker.reopen(run_id)
-    for key in ERROR_TAGS:  # the failed or killed attempt's tags describe it no more
-        if found is not None and key in found.data.tags:
-            tracker.client.delete_tag(run_id, key)
-    tracker.set_tags({"gan_pipe.resumed_from_step": state["step"]})
-    seed_everything(resolved.recipe.experiment.seed)
-    ctx = new_context(resolved, plugins, tracker, device)
-    ctx.state["resume"] = state
-    return execute(ctx, tracker.run.info.run_name, None, on_stage)
+    distributed.check_global_batch(resolved.recipe.train.batch_size)
+    return found, resolved, state
 
 
 def _found(run: Any) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, distributed
 from .context import RunContext
 from .errors import UserError
 from .evaluation import evaluate_and_log
@@ -81,6 +81,13 @@ def pick_device(requested: str) -> Any:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("experiment.device = 'mps' but MPS is not available; use 'auto' or 'cpu'")
     return dev
+
+
+def rank_device(requested: str) -> Any:
+    """:func:`pick_device`; under torchrun, after joining the process group, this rank's
+    GPU (``LOCAL_RANK``) or the CPU."""
+    distributed.start()
+    return distributed.local_device(pick_device(requested))
 
 
 def seed_everything(seed: int) -> None:
@@ -232,7 +239,8 @@ def run(
     ``parent_run_id`` nests the run under another (a study's variant run); ``extra_tags`` are
     gan-pipe's own tags for it (a study's variant and seed)."""
     recipe = resolved.recipe
-    device = pick_device(recipe.experiment.device)  # before the run: a user error writes nothing
+    distributed.check_global_batch(recipe.train.batch_size)
+    device = rank_device(recipe.experiment.device)  # before the run: a user error writes nothing
     seed_everything(recipe.experiment.seed)
     stem = Path(resolved.source).stem or recipe.experiment.name
     run_name = recipe.experiment.run_name or f"{stem}-{secrets.token_hex(3)}"
@@ -240,12 +248,15 @@ def run(
     tags.update(extra_tags or {})
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    tracker = Tracker.start(recipe.experiment.name, run_name, tags=tags)
+    tracker = distributed.tracker_for_rank(
+        lambda: Tracker.start(recipe.experiment.name, run_name, tags=tags)
+    )
     ctx = new_context(resolved, plugins, tracker, device)
 
     def setup() -> None:
         resolved_dict = resolved.to_dict()
-        tracker.log_params(run_params(resolved_dict))
+        world = {distributed.WORLD_SIZE_PARAM: distributed.world_size()}
+        tracker.log_params(run_params(resolved_dict) | world)
         tracker.log_text(recipe_as_run(resolved), "recipe/recipe.toml")
         if resolved.overrides and resolved.text:
             tracker.log_text(resolved.text, "recipe/original.toml")
@@ -284,16 +295,19 @@ def execute(
     """Run the five stages in ``ctx``'s open MLflow run and close it with the true status."""
     plugins, tracker = ctx.hooks, ctx.tracker
     stage = "setup"
+    main = distributed.is_main()
     started = time.perf_counter()
     perf: dict[str, float] = {}
     try:
         if setup is not None:
             setup()
         for stage in STAGES:
-            if on_stage:
+            if not main and stage in ("evaluate", "report"):
+                break  # rank 0 alone evaluates and reports (no metric is distributed)
+            if on_stage and main:
                 on_stage(stage)
             if stage == "data":
-                plugins.data(ctx)
+                distributed.main_first(lambda: plugins.data(ctx))  # one download, then reads
             elif stage == "build":
                 plugins.build(ctx)
             elif stage == "train":
@@ -301,9 +315,11 @@ def execute(
                 start_step = int(resume["step"]) if resume else 0
                 t0 = time.perf_counter()
                 plugins.train(ctx)
+                distributed.stop(together=True)  # the processes communicate no more
                 perf.update(throughput(ctx, start_step, time.perf_counter() - t0))
                 tracker.log_metrics(perf, ctx.step)
-                plugins.on_train_end(ctx)
+                if main:
+                    plugins.on_train_end(ctx)
             elif stage == "evaluate":
                 evaluate_and_log(ctx, final=True)
                 tracker.flush()

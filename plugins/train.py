@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gan_pipe import distributed as dist
 from gan_pipe.context import LossInputs
 from gan_pipe.dataloading import StreamSampler, batches_per_epoch
 from gan_pipe.errors import PluginError, UserError
@@ -89,13 +90,13 @@ class BatchSampler:
     def next(self) -> torch.Tensor:
         if self.replacement:
             idx = torch.randint(len(self.data), (self.batch_size,), device=self.data.device)
-            return self.data.index_select(0, idx)
+            return self.data.index_select(0, dist.shard(idx))
         if self._i >= self.per_epoch:
             self._perm = torch.randperm(len(self.data), device=self.data.device)
             self._i = 0
         idx = self._perm[self._i * self.batch_size : (self._i + 1) * self.batch_size]
         self._i += 1
-        return self.data.index_select(0, idx)
+        return self.data.index_select(0, dist.shard(idx))  # this process's rows
 
 
 def place_data(ctx: RunContext) -> tuple[Any, BatchSampler | StreamSampler, bool]:
@@ -177,6 +178,8 @@ class Trainer:
         )
         self.device = ctx.device
         self._compile = compile_nets(self.G, self.D) if self.cfg.compile else None
+        # under torchrun: what trains through DistributedDataParallel (the same nets)
+        self.G_ddp, self.D_ddp = dist.wrap(self.G), dist.wrap(self.D)
         self.data, self.sampler, streamed = place_data(ctx)
         self.opt_g = make_optimizer(self.G.parameters(), self.cfg.optimizer_for("generator"))
         self.opt_d = make_optimizer(self.D.parameters(), self.cfg.optimizer_for("discriminator"))
@@ -245,7 +248,7 @@ class Trainer:
     def discriminator_step(self) -> dict[str, torch.Tensor]:
         real = self.sampler.next()
         with torch.no_grad(), self.autocast:
-            fake = self.G(self.noise(len(real)))
+            fake = self.G(dist.shard(self.noise(self.cfg.batch_size)))
         with self.autocast:
             loss, extras, _ = self._discriminator_loss(real, fake)
         self.opt_d.zero_grad(set_to_none=True)
@@ -256,8 +259,8 @@ class Trainer:
 
     def _discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor):
         """D's loss plus its regularisers' terms; also returns D(fake)."""
-        d_real = self.D(real)
-        d_fake = self.D(fake)
+        d_real = self.D_ddp(real)
+        d_fake = self.D_ddp(fake)
         inputs = LossInputs(self.D, real, fake, d_real, d_fake)
         loss, extras = self.loss.discriminator_loss(inputs)
         return self._add_terms(loss, extras, "discriminator_term", inputs), extras, d_fake
@@ -289,7 +292,7 @@ class Trainer:
 
     def _generator_update(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast:
-            fake = self.G(self.noise(self.cfg.batch_size))
+            fake = self.G_ddp(dist.shard(self.noise(self.cfg.batch_size)))
             loss, extras = self._generator_loss(real, fake, self.D(fake))
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
@@ -302,13 +305,14 @@ class Trainer:
         against D before D's update), then both nets are stepped (seeds 002/003)."""
         real = self.sampler.next()
         with self.autocast:
-            fake = self.G(self.noise(len(real)))
+            fake = self.G(dist.shard(self.noise(self.cfg.batch_size)))
             d_loss, d_extras, d_fake = self._discriminator_loss(real, fake)
             g_loss, g_extras = self._generator_loss(real, fake, d_fake)
         d_params = [p for p in self.D.parameters() if p.requires_grad]
         g_params = [p for p in self.G.parameters() if p.requires_grad]
         d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True, allow_unused=True)
         g_grads = torch.autograd.grad(g_loss, g_params, allow_unused=True)
+        dist.average_grads([*d_grads, *g_grads])  # what DDP's backward() would do
         for opt, params, grads in (
             (self.opt_d, d_params, d_grads),
             (self.opt_g, g_params, g_grads),
@@ -342,7 +346,7 @@ class Trainer:
         check = self.cfg.on_nonfinite != "ignore"
         if check:  # in the same sync as the losses
             parts.append(self._largest_weight())
-        values = torch.stack(parts).tolist()
+        values = dist.mean(torch.stack(parts)).tolist()  # means over the processes too
         largest = values.pop() if check else 0.0
         self._acc.clear()
         self._acc_counts = {}
@@ -365,13 +369,15 @@ class Trainer:
         tops = torch.stack([t.detach().abs().amax().float() for t in self._watched if t.numel()])
         return tops.amax()  # amax propagates NaN
 
-    def _nonfinite_now(self) -> str | None:
+    def _nonfinite_now(self, everywhere: bool = True) -> str | None:
         """The divergence check of a logging step, for a checkpoint between logging steps
-        (one sync, which saving the checkpoint makes anyway); the means stay accumulated."""
+        (one sync, which saving the checkpoint makes anyway); the means stay accumulated.
+        ``everywhere``: over all processes (all must call it), else this process's own."""
         if self.cfg.on_nonfinite == "ignore":
             return None
         keys = list(self._acc)
-        values = torch.stack([*(self._acc[k] for k in keys), self._largest_weight()]).tolist()
+        values = torch.stack([*(self._acc[k] for k in keys), self._largest_weight()])
+        values = (dist.mean(values) if everywhere else values).tolist()
         largest = values.pop()
         metrics = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
         return _first_nonfinite(metrics, largest, self.cfg.max_abs_value)
@@ -429,7 +435,8 @@ class Trainer:
         )
         ctx.tracker.log_metrics({"train/rollbacks": self._rollbacks}, step)
         ctx.tracker.set_tags({f"gan_pipe.rollback.{self._rollbacks}": note})
-        print(f"train: {note}", file=sys.stderr, flush=True)
+        if dist.is_main():  # one line for all the processes of a torchrun launch
+            print(f"train: {note}", file=sys.stderr, flush=True)
         ctx.step = back
         return back
 
@@ -476,7 +483,7 @@ class Trainer:
         step = self.start_step
         while step < self.steps:
             step += 1
-            if self._stop_signal is not None:
+            if dist.any_rank(self._stop_signal is not None):  # all processes stop alike
                 raise KeyboardInterrupt
             # a step mutates nets, optimisers, schedules, the sampler, the RNG states and the
             # callbacks' state: a checkpoint taken while _in_step would not match its label
@@ -531,7 +538,7 @@ class Trainer:
         logging step are dropped (a half-finished step would skew their mean)."""
         ctx = self.ctx
         if not self._in_step and ctx.step > 0 and self._saved_step != ctx.step:
-            if self._nonfinite_now() is None:  # never a checkpoint of a diverged state
+            if self._nonfinite_now(everywhere=False) is None:  # never a diverged state
                 self.save_checkpoint(ctx.step)
         self._acc.clear()
         self._acc_counts.clear()
@@ -643,10 +650,11 @@ class Trainer:
         self._keep_good(step)
 
     def save_checkpoint(self, step: int) -> None:
-        self.callbacks.fire("on_checkpoint", self.ctx, step)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"checkpoint-{step:07d}.pt"
-            torch.save(self.checkpoint_state(step), path)
-            self.ctx.tracker.log_artifact(path, "checkpoints")
+        self.callbacks.fire("on_checkpoint", self.ctx, step)  # on every process
+        if dist.is_main():  # rank 0 writes the checkpoints of all processes
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"checkpoint-{step:07d}.pt"
+                torch.save(self.checkpoint_state(step), path)
+                self.ctx.tracker.log_artifact(path, "checkpoints")
         self._saved_step = step  # only once it is in the store
         self._last_save = self._clock()

@@ -3,7 +3,9 @@ progress bar (the sample frames are in :mod:`.frames`).
 
 They are always on, built by the trainer from ``[train]``, and run after the recipe's
 callbacks through the same events (:class:`gan_pipe.context.Callback`), in the order of
-:func:`duties`.
+:func:`duties`. Under torchrun the frames, the periodic evaluation and the progress bar are
+rank 0's alone; the checkpoints duty runs on every process, because its check for NaN is a
+collective that all must call, and only rank 0 writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
+from gan_pipe import distributed as dist
 from gan_pipe.callback_list import CallbackList
 
 from .frames import SampleFrames
@@ -38,7 +41,9 @@ class PeriodicCheckpoints:
     """A checkpoint every ``train.checkpoint_every`` steps (after a check for NaN, which
     rolls back or stops as ``train.on_nonfinite`` says), and at the first logging step
     ``train.checkpoint_minutes`` after the last one (just checked finite). The end of
-    training and an interrupt save theirs in the trainer."""
+    training and an interrupt save theirs in the trainer. Under torchrun the processes
+    agree on the minutes (any process's clock past them saves on all), so they keep the
+    same newest checkpoint step and make the same collective checks."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
@@ -50,8 +55,9 @@ class PeriodicCheckpoints:
     def on_step(self, ctx: RunContext, step: int) -> None:
         t = self.trainer
         minutes, every = t.cfg.checkpoint_minutes, t.cfg.checkpoint_every
-        if self._logged == step and minutes and t.seconds_since_save() >= 60 * minutes:
-            t.save_checkpoint(step)
+        if self._logged == step and minutes:
+            if dist.any_rank(t.seconds_since_save() >= 60 * minutes):
+                t.save_checkpoint(step)
         if every and step % every == 0 and t.saved_step != step:
             t.checkpoint_if_finite(step)
 
@@ -84,14 +90,15 @@ class ProgressBar:
 
 
 def duties(trainer: Trainer) -> CallbackList:
-    """gan-pipe's own callbacks of a trainer, in the order they run."""
+    """gan-pipe's own callbacks of a trainer, in the order they run (under torchrun, on
+    ranks other than 0: the checkpoints duty alone)."""
     ctx, cfg, total = trainer.ctx, trainer.cfg, trainer.steps
     every = cfg.sample_every or max(1, total // 10)
-    return CallbackList(
-        [
-            ("frames", SampleFrames(ctx, every, total)),
-            ("evaluation", PeriodicEvaluation(cfg.eval_every, total)),
-            ("checkpoints", PeriodicCheckpoints(trainer)),
-            ("progress", ProgressBar(total, cfg.progress, ctx.recipe.experiment.name)),
-        ]
-    )
+    items = [
+        ("frames", SampleFrames(ctx, every, total)),
+        ("evaluation", PeriodicEvaluation(cfg.eval_every, total)),
+        ("checkpoints", PeriodicCheckpoints(trainer)),
+        ("progress", ProgressBar(total, cfg.progress, ctx.recipe.experiment.name)),
+    ]
+    main = dist.is_main()
+    return CallbackList([(key, cb) for key, cb in items if main or key == "checkpoints"])

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gan_pipe import hookimpl
+from gan_pipe import distributed, hookimpl
 from gan_pipe.context import LossInputs
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def gradient_penalty(
     with torch.autocast(real.device.type, enabled=False):
         real, fake = real.detach().float(), fake.detach().float()
         if alpha is None:
-            alpha = torch.rand(bshape, device=real.device)
+            alpha = distributed.rand(bshape, device=real.device)  # torch.rand, or a shard
         else:
             alpha = alpha.detach().to(real).reshape(bshape)
         x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
