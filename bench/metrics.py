@@ -157,8 +157,10 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, numpy {np.__version__}")
-    print(f"{'estimator (default size)':<34} {'gan-pipe':>11} {'reference':>11} {'ref/ours':>9}  "
-          f"{'max rel.diff':>9}")
+    print(
+        f"{'estimator (default size)':<34} {'gan-pipe':>11} {'reference':>11} {'ref/ours':>9}  "
+        f"{'max rel.diff':>9}"
+    )
     bench_histogram(size(10_000), rng)  # divergences.n_samples
     bench_w1(size(10_000), size(1000), rng)  # n_samples; n_assign
     bench_kde(size(5000), rng)  # divergences.n_kde

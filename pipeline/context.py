@@ -116,9 +116,7 @@ class Regularizer(Protocol):
 
     def generator_term(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
-    def discriminator_term(
-        self, x: LossInputs
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def discriminator_term(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 class DatasetFactory(Protocol):

@@ -242,9 +242,7 @@ class PluginHost:
         ]
 
     @classmethod
-    def load(
-        cls, entry_points: bool = True, extra: list[tuple[Any, str]] | None = None
-    ) -> Self:
+    def load(cls, entry_points: bool = True, extra: list[tuple[Any, str]] | None = None) -> Self:
         """Built-ins, then ``extra`` (object, name) pairs (tests use this), then entry points.
 
         Built-ins come first so that a third party's ``replaces=`` finds them. An ``extra``

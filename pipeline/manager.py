@@ -36,4 +36,5 @@ def __getattr__(name: str) -> Any:
     )
     return value
 
+
 __all__ = list(_MOVED)

@@ -243,7 +243,7 @@ def resume(
 
 def _resumable(
     run_id: str,
-    plugins: Plugins,
+    plugins: PluginHost,
     edit: Callable[[dict[str, Any]], None],
     check: Callable[[str], None] | None,
 ) -> tuple[Any, ResolvedRecipe, dict[str, Any]]:

@@ -150,5 +150,3 @@ def _conform(x: Any, ds: Dataset, what: str, path: Path, notes: list[str]) -> An
         f"has samples of shape {shape} ({_values(shape)}); give samples of that dataset, or "
         "leave out --dataset"
     )
-
-

@@ -62,6 +62,7 @@ _NEEDS: dict[str, tuple[Callable[[Dataset], bool], str, str]] = {
     ),
 }
 
+
 @dataclass
 class ScoreDataset(Dataset):
     """The dataset metrics see in score mode; records whether a metric mapped its value range

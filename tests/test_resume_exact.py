@@ -300,8 +300,14 @@ def test_a_diverged_run_fails_naming_the_step_and_saves_no_nan_checkpoint(recipe
     res = runner.invoke(
         app,
         [
-            "run", str(recipe), "--set", 'train.optimizer="sgd"', "--set", "train.lr=1e30",
-            "--set", "train.max_abs_value=0",  # the NaN check alone
+            "run",
+            str(recipe),
+            "--set",
+            'train.optimizer="sgd"',
+            "--set",
+            "train.lr=1e30",
+            "--set",
+            "train.max_abs_value=0",  # the NaN check alone
         ],
     )
     assert res.exit_code == 2, res.output

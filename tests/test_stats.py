@@ -44,8 +44,12 @@ def test_one_or_no_value_has_no_interval():
 # Wilson 95% intervals as tabulated by Newcombe (1998), Statistics in Medicine 17, table I.
 @pytest.mark.parametrize(
     "k,n,lo,hi",
-    [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611),
-     (1, 29, 0.0061, 0.1718)],
+    [
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+    ],
 )
 def test_wilson_interval_matches_newcombe(k, n, lo, hi):
     r = rate(k, n)

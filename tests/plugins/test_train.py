@@ -123,9 +123,7 @@ def _tiny_trainer(n_critic=1, dim=2, **train):
             },
         }
     )
-    ctx = RunContext(
-        recipe=recipe, hooks=None, tracker=MemoryTracker(), device=torch.device("cpu")
-    )
+    ctx = RunContext(recipe=recipe, hooks=None, tracker=MemoryTracker(), device=torch.device("cpu"))
     ctx.dataset = Dataset("x", train=torch.randn(32, dim))
     ctx.generator = torch.nn.Linear(3, dim)
     ctx.discriminator = torch.nn.Sequential(
