@@ -72,6 +72,33 @@ def test_optimizers_get_their_settings():
     assert isinstance(rms, torch.optim.RMSprop) and rms.defaults["lr"] == 5e-5
 
 
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_fused_optimizers_make_the_same_updates(name):
+    """The trainer asks for fused Adam/SGD on CUDA; the fused kernels (CPU ones exist too)
+    must give the default path's update up to rounding."""
+    settings = {
+        "optimizer": name,
+        "lr": 1e-2,
+        "betas": (0.5, 0.999),
+        "momentum": 0.9,
+        "weight_decay": 1e-3,
+    }
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(50, generator=g)
+    grads = [torch.randn(50, generator=g) for _ in range(5)]
+    finals = []
+    for fused in (False, True):
+        w = torch.nn.Parameter(start.clone())
+        opt = make_optimizer([w], settings, fused=fused)
+        assert bool(opt.defaults.get("fused")) == fused
+        for grad in grads:
+            w.grad = grad.clone()
+            opt.step()
+        finals.append(w.detach())
+    assert not torch.equal(finals[0], start)
+    torch.testing.assert_close(finals[1], finals[0], rtol=1e-5, atol=1e-6)
+
+
 def test_noise_distributions():
     g = torch.Generator().manual_seed(0)
     u = make_noise("uniform", 20, torch.device("cpu"))(10000, generator=g)
