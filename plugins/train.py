@@ -2,11 +2,15 @@
 
 Design choices, all for speed on small nets where overhead dominates:
 
-* the training set lives on the device as one tensor; batches are index slices of a
-  per-epoch permutation (no DataLoader, no workers, no host copies);
+* a training set that fits lives on the device as one tensor; batches are index slices of a
+  per-epoch permutation (no DataLoader, no host copies); one that does not is streamed in
+  the same order (``data.stream``; :mod:`.train_setup`, :mod:`gan_pipe.dataloading`);
 * losses are accumulated as device tensors and read back once per ``log_every`` steps
-  (one host sync), then sent to MLflow in buffered asynchronous batches;
-* bf16 autocast on CUDA when ``train.amp`` allows it.
+  (one host sync), then sent to MLflow in buffered batches from a background thread;
+* bf16 autocast and fused optimisers on CUDA.
+
+The trainer's parts: the optimisers and batches (:mod:`.train_setup`), the divergence policy
+(:mod:`.train_divergence`) and the checkpoint state (:mod:`.train_checkpoint`).
 
 :meth:`Trainer._loop` is the step loop: it trains a step, announces it (the
 ``gan_pipe_on_train_step`` hook, then the recipe's callbacks) and logs the losses at logging
@@ -16,154 +20,36 @@ the progress bar) is a callback of :mod:`gan_pipe.plugins.callbacks`, run after 
 
 from __future__ import annotations
 
-import copy
-import math
 import signal
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gan_pipe import distributed as dist
 from gan_pipe.context import LossInputs
-from gan_pipe.dataloading import StreamSampler, batches_per_epoch
-from gan_pipe.errors import PluginError, UserError
+from gan_pipe.errors import PluginError
 from gan_pipe.plugins.callbacks.duties import duties
+from gan_pipe.plugins.train_checkpoint import CheckpointState
 from gan_pipe.plugins.train_compile import compile_nets
+from gan_pipe.plugins.train_divergence import (  # noqa: F401  (re-exported)
+    DivergencePolicy,
+    TrainingDiverged,
+    _first_nonfinite,
+)
+from gan_pipe.plugins.train_setup import (  # noqa: F401  (re-exported)
+    BatchSampler,
+    make_optimizer,
+    make_schedule,
+    place_data,
+    total_steps,
+)
 
 if TYPE_CHECKING:
     from gan_pipe.context import RunContext
-
-
-def make_optimizer(
-    params: Any, settings: dict[str, Any], fused: bool = False
-) -> torch.optim.Optimizer:
-    """The optimizer of one net. ``fused`` (the trainer sets it on CUDA): Adam and SGD
-    update every tensor in one fused kernel instead of PyTorch's default multi-tensor
-    (foreach) path; the same update up to rounding. RMSprop has no fused kernel."""
-    name = settings["optimizer"]
-    if name == "adam":
-        return torch.optim.Adam(
-            params,
-            lr=settings["lr"],
-            betas=tuple(settings["betas"]),
-            weight_decay=settings["weight_decay"],
-            fused=fused or None,
-        )
-    if name == "rmsprop":
-        return torch.optim.RMSprop(
-            params,
-            lr=settings["lr"],
-            momentum=settings["momentum"],
-            weight_decay=settings["weight_decay"],
-        )
-    if name == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=settings["lr"],
-            momentum=settings["momentum"],
-            weight_decay=settings["weight_decay"],
-            fused=fused or None,
-        )
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
-def make_schedule(opt: torch.optim.Optimizer, train: Any) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-optimizer-step learning-rate schedule (TF's exponential_decay, staircase or not)."""
-    if train.lr_schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    rate, every, stair = train.decay_rate, train.decay_steps, train.staircase
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: rate ** (s // every if stair else s / every)
-    )
-
-
-class BatchSampler:
-    """Endless shuffled batches from a device-resident tensor (drop_last per epoch), or, with
-    ``replacement``, batches of rows drawn uniformly with replacement."""
-
-    def __init__(self, data: torch.Tensor, batch_size: int, replacement: bool = False):
-        self.data, self.batch_size, self.replacement = data, batch_size, replacement
-        self.per_epoch = batches_per_epoch(len(data), batch_size)
-        self._perm = torch.empty(0, dtype=torch.long, device=data.device)
-        self._i = self.per_epoch
-
-    def next(self) -> torch.Tensor:
-        if self.replacement:
-            idx = torch.randint(len(self.data), (self.batch_size,), device=self.data.device)
-            return self.data.index_select(0, dist.shard(idx))
-        if self._i >= self.per_epoch:
-            self._perm = torch.randperm(len(self.data), device=self.data.device)
-            self._i = 0
-        idx = self._perm[self._i * self.batch_size : (self._i + 1) * self.batch_size]
-        self._i += 1
-        return self.data.index_select(0, dist.shard(idx))  # this process's rows
-
-
-def place_data(ctx: RunContext) -> tuple[Any, BatchSampler | StreamSampler, bool]:
-    """The training rows and the batch sampler over them, and whether they stream: on the
-    device whole (BatchSampler), or streamed from host memory or disk by a DataLoader
-    (StreamSampler), as ``data.stream`` and :func:`~gan_pipe.dataloading.should_stream` decide.
-    Both give the same batches in the same order."""
-    from gan_pipe.dataloading import Rows, TensorRows, default_workers, should_stream
-
-    assert ctx.dataset is not None
-    cfg, data_cfg, train = ctx.recipe.train, ctx.recipe.data, ctx.dataset.train
-    stream, why = should_stream(ctx.dataset, getattr(data_cfg, "stream", "auto"), ctx.device)
-    workers = getattr(data_cfg, "workers", None)
-    workers = default_workers() if workers is None else workers
-    if stream and cfg.sampling == "replacement":
-        raise UserError(
-            f"train.sampling = 'replacement' draws each batch's rows between steps, so its "
-            f"batches cannot be prefetched by a streaming loader (streaming because {why}); "
-            "use train.sampling = 'epochs', or data.stream = false to load the data whole"
-        )
-    if stream:
-        rows = train if isinstance(train, Rows) else TensorRows(train)
-        return rows, StreamSampler(rows, cfg.batch_size, ctx.device, workers), True
-    if isinstance(train, Rows):
-        train = train.materialize(workers)
-    data = train.to(ctx.device, non_blocking=True)
-    return data, BatchSampler(data, cfg.batch_size, cfg.sampling == "replacement"), False
-
-
-def total_steps(train: Any, n_rows: int) -> int:
-    """Generator steps to run: ``train.steps``, or ``train.epochs`` passes of real batches."""
-    if train.steps is not None:
-        return int(train.steps)
-    epochs = train.epochs if train.epochs is not None else 1.0
-    per_epoch = max(1, n_rows // train.batch_size)
-    return max(1, math.ceil(epochs * per_epoch / train.n_critic))
-
-
-class TrainingDiverged(UserError):
-    """A NaN or infinite loss or weight, with ``train.on_nonfinite = 'stop'`` or rollbacks
-    used up: the run is marked FAILED and no checkpoint of the diverged state is saved."""
-
-
-def _first_nonfinite(
-    metrics: dict[str, float], largest_weight: float, limit: float = 0.0
-) -> str | None:
-    """'train/d_loss = nan' for the first non-finite value (or, with ``limit`` > 0, the first
-    whose magnitude exceeds it), or None when all are fine. ``largest_weight`` is the largest
-    magnitude of any weight of G or D (NaN if one is NaN)."""
-    too_large = f" (beyond train.max_abs_value = {limit:g})"
-    for k, v in metrics.items():
-        if not math.isfinite(v):
-            return f"{k} = {v}"
-        if limit and abs(v) > limit:
-            return f"{k} = {v:.4g}{too_large}"
-    if not math.isfinite(largest_weight):
-        return "a weight of G or D is NaN or infinite"
-    if limit and largest_weight > limit:
-        return f"a weight of G or D reached {largest_weight:.4g}{too_large}"
-    return None
 
 
 def _values(key: str, loss: torch.Tensor, extras: dict[str, torch.Tensor]):
@@ -171,7 +57,7 @@ def _values(key: str, loss: torch.Tensor, extras: dict[str, torch.Tensor]):
     return {key: loss.detach(), **{k: v.detach() for k, v in extras.items()}}
 
 
-class Trainer:
+class Trainer(DivergencePolicy, CheckpointState):
     def __init__(self, ctx: RunContext):
         assert ctx.dataset is not None and ctx.generator is not None
         assert ctx.discriminator is not None and ctx.loss is not None and ctx.noise is not None
@@ -372,84 +258,6 @@ class Trainer:
         self.ctx.tracker.log_metrics(metrics, step)
         return metrics
 
-    # ------------------------------------------------------------ divergence
-    def _largest_weight(self) -> torch.Tensor:
-        """The largest magnitude of any weight or buffer of G and D (on the device, no sync);
-        NaN if one is NaN."""
-        tops = torch.stack([t.detach().abs().amax().float() for t in self._watched if t.numel()])
-        return tops.amax()  # amax propagates NaN
-
-    def _nonfinite_now(self, everywhere: bool = True) -> str | None:
-        """The divergence check of a logging step, for a checkpoint between logging steps
-        (one sync, which saving the checkpoint makes anyway); the means stay accumulated.
-        ``everywhere``: over all processes (all must call it), else this process's own."""
-        if self.cfg.on_nonfinite == "ignore":
-            return None
-        keys = list(self._acc)
-        values = torch.stack([*(self._acc[k] for k in keys), self._largest_weight()])
-        values = (dist.mean(values) if everywhere else values).tolist()
-        largest = values.pop()
-        metrics = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
-        return _first_nonfinite(metrics, largest, self.cfg.max_abs_value)
-
-    def _keep_good(self, step: int) -> None:
-        """Remember a state found finite, for on_nonfinite = 'rollback' (copies on the device,
-        at logging steps and checkpoints only)."""
-        if self.cfg.on_nonfinite == "rollback":
-            self._good = {**copy.deepcopy(self._training_state()), "step": step}
-            self._good["lr_scale"] = self._lr_scale
-
-    def _diverged(self, step: int, what: str) -> int:
-        """Apply train.on_nonfinite to a non-finite value found at ``step``: raise
-        TrainingDiverged, or roll back and return the step training goes on from."""
-        cfg, ctx = self.cfg, self.ctx
-        if cfg.on_nonfinite == "rollback" and self._good is not None:
-            if self._rollbacks < cfg.max_rollbacks:
-                return self._roll_back(step, what)
-        tried = f" after {self._rollbacks} rollback(s)" if cfg.on_nonfinite == "rollback" else ""
-        kept = (
-            f"the newest checkpoint is step {self._saved_step}"
-            if self._saved_step > 0
-            else "no checkpoint was saved"
-        )
-        self._acc.clear()
-        self._acc_counts.clear()
-        ctx.tracker.set_tags({"gan_pipe.diverged": f"step {step}: {what}"})
-        raise TrainingDiverged(
-            f"training diverged at step {step}: {what} (train.on_nonfinite = "
-            f"{cfg.on_nonfinite!r}{tried}); the run is marked FAILED and its diverged state is "
-            f"not saved ({kept}). Lower train.lr, or set train.on_nonfinite = 'rollback'"
-        )
-
-    def _roll_back(self, step: int, what: str) -> int:
-        cfg, ctx, good = self.cfg, self.ctx, self._good
-        assert good is not None
-        rollbacks, scale = self._rollbacks + 1, self._lr_scale * cfg.rollback_lr_factor
-        self._restore(good)  # the state's own count and scale: set after
-        self._rollbacks, self._lr_scale = rollbacks, scale
-        factor = scale / good["lr_scale"]
-        for opt, sched in ((self.opt_g, self.sched_g), (self.opt_d, self.sched_d)):
-            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
-            for group in opt.param_groups:
-                group["lr"] *= factor
-                if "initial_lr" in group:
-                    group["initial_lr"] *= factor
-        back = int(good["step"])
-        self._acc.clear()
-        self._acc_counts.clear()
-        for key, points in ctx.history.items():  # the curves of the trajectory kept
-            ctx.history[key] = [(s, v) for s, v in points if s <= back]
-        note = (
-            f"step {step}: {what}; rolled back to step {back} with learning rates "
-            f"x{self._lr_scale:g} (rollback {self._rollbacks} of {cfg.max_rollbacks})"
-        )
-        ctx.tracker.log_metrics({"train/rollbacks": self._rollbacks}, step)
-        ctx.tracker.set_tags({f"gan_pipe.rollback.{self._rollbacks}": note})
-        if dist.is_main():  # one line for all the processes of a torchrun launch
-            print(f"train: {note}", file=sys.stderr, flush=True)
-        ctx.step = back
-        return back
-
     # ------------------------------------------------------------ loop
     def fit(self) -> int:
         """Train to ``self.steps``. Ctrl-C (SIGINT) and SIGTERM stop the run between steps:
@@ -590,81 +398,3 @@ class Trainer:
             else:
                 self._acc[k] = v.clone()
                 self._acc_counts[k] = 1
-
-    def _training_state(self) -> dict[str, Any]:
-        """Everything a step changes (references: copy before keeping)."""
-        state = {
-            "generator": self.G.state_dict(),
-            "discriminator": self.D.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "sched_g": self.sched_g.state_dict(),
-            "sched_d": self.sched_d.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "sampler_perm": self.sampler._perm,
-            "sampler_i": self.sampler._i,
-            "rollbacks": self._rollbacks,
-            "lr_scale": self._lr_scale,
-            "callbacks": self.ctx.callbacks.state_dict(),
-        }
-        if self.device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def checkpoint_state(self, step: int) -> dict[str, Any]:
-        state = {"step": step, **self._training_state()}
-        state["sampler_perm"] = self.sampler._perm.cpu()
-        state["recipe"] = self.ctx.recipe.model_dump(mode="json")
-        return state
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        """Continue exactly where a checkpoint left off: nets, optimisers, schedules, batch
-        order and RNG states (``gan-pipe resume``)."""
-        self._restore(state)
-        self.start_step = int(state["step"])
-        self._saved_step = self.start_step
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.G.load_state_dict(state["generator"])
-        self.D.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.sched_g.load_state_dict(state["sched_g"])
-        self.sched_d.load_state_dict(state["sched_d"])
-        if "sampler_perm" in state:
-            self.sampler._perm = state["sampler_perm"].to(self.device)
-            self.sampler._i = int(state["sampler_i"])
-        self._rollbacks = int(state.get("rollbacks", 0))
-        self._lr_scale = float(state.get("lr_scale", 1.0))
-        self.ctx.callbacks.load_state_dict(state.get("callbacks", {}))
-        torch.set_rng_state(state["rng_cpu"])
-        if self.device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-
-    @property
-    def saved_step(self) -> int:
-        """The step of the newest checkpoint this process saved (-1: none)."""
-        return self._saved_step
-
-    def seconds_since_save(self) -> float:
-        return self._clock() - self._last_save
-
-    def checkpoint_if_finite(self, step: int) -> None:
-        """Save a checkpoint of ``step`` unless a weight or a loss since the last logging
-        step is NaN: then roll back (``ctx.step`` changes) or stop, as for a logging step."""
-        bad = self._nonfinite_now()
-        if bad is not None:
-            self._diverged(step, bad)
-            return
-        self.save_checkpoint(step)
-        self._keep_good(step)
-
-    def save_checkpoint(self, step: int) -> None:
-        self.callbacks.fire("on_checkpoint", self.ctx, step)  # on every process
-        if dist.is_main():  # rank 0 writes the checkpoints of all processes
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / f"checkpoint-{step:07d}.pt"
-                torch.save(self.checkpoint_state(step), path)
-                self.ctx.tracker.log_artifact(path, "checkpoints")
-        self._saved_step = step  # only once it is in the store
-        self._last_save = self._clock()
