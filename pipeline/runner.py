@@ -286,6 +286,30 @@ def _closed_note(tracker: Tracker) -> str:
     return f"MLflow run {tracker.run_id} is marked FAILED with this error"
 
 
+def _run_stage(ctx: RunContext, stage: str, perf: dict[str, float]) -> None:
+    """One stage through its hook; training also records its throughput in ``perf``."""
+    hooks, main = ctx.hooks, distributed.is_main()
+    if stage == "data":
+        distributed.main_first(lambda: hooks.data(ctx))  # one download, then reads
+    elif stage == "build":
+        hooks.build(ctx)
+    elif stage == "train":
+        resume = ctx.state.get("resume")
+        start_step = int(resume["step"]) if resume else 0
+        t0 = time.perf_counter()
+        hooks.train(ctx)
+        distributed.stop(together=True)  # the processes communicate no more
+        perf.update(throughput(ctx, start_step, time.perf_counter() - t0))
+        ctx.tracker.log_metrics(perf, ctx.step)
+        if main:
+            hooks.on_train_end(ctx)
+    elif stage == "evaluate":
+        evaluate_and_log(ctx, final=True)
+        ctx.tracker.flush()
+    elif stage == "report":
+        hooks.report(ctx)
+
+
 def execute(
     ctx: RunContext,
     run_name: str,
@@ -293,7 +317,7 @@ def execute(
     on_stage: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run the five stages in ``ctx``'s open MLflow run and close it with the true status."""
-    plugins, tracker = ctx.hooks, ctx.tracker
+    tracker = ctx.tracker
     stage = "setup"
     main = distributed.is_main()
     started = time.perf_counter()
@@ -306,25 +330,7 @@ def execute(
                 break  # rank 0 alone evaluates and reports (no metric is distributed)
             if on_stage and main:
                 on_stage(stage)
-            if stage == "data":
-                distributed.main_first(lambda: plugins.data(ctx))  # one download, then reads
-            elif stage == "build":
-                plugins.build(ctx)
-            elif stage == "train":
-                resume = ctx.state.get("resume")
-                start_step = int(resume["step"]) if resume else 0
-                t0 = time.perf_counter()
-                plugins.train(ctx)
-                distributed.stop(together=True)  # the processes communicate no more
-                perf.update(throughput(ctx, start_step, time.perf_counter() - t0))
-                tracker.log_metrics(perf, ctx.step)
-                if main:
-                    plugins.on_train_end(ctx)
-            elif stage == "evaluate":
-                evaluate_and_log(ctx, final=True)
-                tracker.flush()
-            elif stage == "report":
-                plugins.report(ctx)
+            _run_stage(ctx, stage, perf)
     except KeyboardInterrupt as e:
         _try(e, "tagging the stage", lambda: tracker.set_tags({"gan_pipe.stage": stage}))
         tracker.end("KILLED", error=e)
@@ -338,7 +344,7 @@ def execute(
             lambda: tracker.set_tags({"gan_pipe.failed_stage": stage}),
         )
         failed = e  # (``e`` itself is unbound for closures once the block ends)
-        _try(e, "the on_stage_error hook", lambda: plugins.on_stage_error(ctx, stage, failed))
+        _try(e, "the on_stage_error hook", lambda: ctx.hooks.on_stage_error(ctx, stage, failed))
         _try(e, "closing the run", lambda: tracker.end("FAILED", error=failed))
         e.add_note(_closed_note(tracker))
         raise
