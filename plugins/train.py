@@ -290,9 +290,15 @@ class Trainer(DivergencePolicy, CheckpointState):
         if self._stop_signal is not None:
             # asked to stop during the last step: training is complete and checkpointed; the
             # run stops here (KILLED) instead of going on to evaluation
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(self._stopped_by())
         self._use_provided_generator()
         return ctx.step
+
+    def _stopped_by(self) -> str:
+        """'SIGTERM' (the signal that asked training to stop), for the run's error tag."""
+        if self._stop_signal is None:
+            return "stopped by another process"  # under DDP: a signal to another rank
+        return f"stopped by {signal.Signals(self._stop_signal).name}"
 
     def _loop(self) -> None:
         """The step loop: train a step, announce it, log it; callbacks do the rest."""
@@ -302,7 +308,7 @@ class Trainer(DivergencePolicy, CheckpointState):
         while step < self.steps:
             step += 1
             if dist.any_rank(self._stop_signal is not None):  # all processes stop alike
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt(self._stopped_by())
             # a step mutates nets, optimisers, schedules, the sampler, the RNG states and the
             # callbacks' state: a checkpoint taken while _in_step would not match its label
             self._in_step = True
@@ -374,7 +380,7 @@ class Trainer(DivergencePolicy, CheckpointState):
 
         def handler(signum: int, frame: Any) -> None:
             if self._stop_signal is not None:
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt(f"{self._stopped_by()}, then {signal.Signals(signum).name}")
             self._stop_signal = signum
 
         previous = {}

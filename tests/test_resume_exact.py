@@ -161,6 +161,8 @@ def _interrupt_then_resume(recipe, monkeypatch, point, sig, times=1) -> tuple[st
     assert _client().get_run(run_id).info.status == "KILLED"
     res = runner.invoke(app, ["resume", run_id])
     assert res.exit_code == 0, res.output
+    # resume says what stopped the run: the signal by name
+    assert f"was KILLED (KeyboardInterrupt: stopped by {signal.Signals(sig).name}" in res.output
     run = _client().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["gan_pipe.resumed_from_step"] == str(step)
@@ -236,6 +238,7 @@ def test_a_signal_during_the_last_step_keeps_the_finished_training(recipe, strai
         for r in _client().search_runs(_client().search_experiments()[0].experiment_id)
         if r.info.status == "KILLED"
     ]
+    assert run.data.tags["gan_pipe.error"] == "KeyboardInterrupt: stopped by SIGTERM"
     assert_same_state(straight, _final_checkpoint(run.info.run_id))
 
 
