@@ -129,11 +129,13 @@ def test_study_file_with_relative_recipes_and_flags(workdir):
 
 
 def _tree(workdir):
-    from mlflow import MlflowClient
+    from gan_pipe.tracking import ensure_store
 
-    c = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    exp = c.get_experiment_by_name("tiny-ring")
-    runs = c.search_runs([exp.experiment_id], max_results=500)
+    # under gan-pipe's store lock: a study may be creating the store right now, and a plain
+    # MlflowClient would race it on the schema migration
+    c = ensure_store(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("tiny-ring")  # None while a study is starting
+    runs = c.search_runs([exp.experiment_id], max_results=500) if exp else []
     kind = {
         k: [r for r in runs if r.data.tags.get("gan_pipe.kind") == k]
         for k in ("study", "variant", "seed")
