@@ -14,26 +14,9 @@ import typer
 import typer.core
 
 from . import __version__, distributed
+from .cli_common import RecipeArg, SetOpt, _err, _fail, _load, _plugins, app  # noqa: F401
 from .errors import GanPipeError, RecipeError, UserError
 from .evaluation import is_setting
-
-app = typer.Typer(
-    name="gan-pipe",
-    help="Run GAN experiments from TOML recipes; every run is tracked in MLflow.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-RecipeArg = Annotated[
-    Path, typer.Argument(help="recipe file, e.g. recipes/dcgan.toml", show_default=False)
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set", "-s", help="override a key: --set train.lr=1e-4 (repeatable)", show_default=False
-    ),
-]
 
 NprocOpt = Annotated[
     int | None,
@@ -45,27 +28,6 @@ NprocOpt = Annotated[
         show_default=False,
     ),
 ]
-
-
-def _err(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-
-
-def _plugins():
-    """Every command's plugins: built-ins plus installed packages, broken ones warned about."""
-    from .host import PluginHost
-
-    host = PluginHost.load()
-    for line in host.failure_lines():
-        typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
-    return host
-
-
-def _load(recipe: Path, overrides: list[str] | None):
-    from .recipe import load_recipe
-
-    plugins = _plugins()
-    return load_recipe(recipe, plugins.registry, overrides), plugins
 
 
 def _launch(nproc: int, argv: list[str]) -> None:
@@ -117,15 +79,6 @@ def _train(start: Callable[[], Any], interrupted: str | None = None) -> Any:
         traceback.print_exc()
         _err(f"the run failed: {type(e).__name__}: {e}")
         raise typer.Exit(1) from None
-
-
-def _fail(e: BaseException) -> typer.Exit:
-    if isinstance(e, RecipeError):
-        _err(str(e))
-        typer.echo("Nothing was run and nothing was written to MLflow.", err=True)
-    else:
-        _err(str(e))
-    return typer.Exit(getattr(e, "exit_code", 2))
 
 
 @app.command()

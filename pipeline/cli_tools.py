@@ -1,6 +1,6 @@
 """The ``gan-pipe`` commands that inspect and maintain rather than train: ``validate``,
 ``show``, ``plugins``, ``new-plugin``, ``runs``, ``sync`` and ``schema``. They are added to
-:data:`gan_pipe.cli.app` when :mod:`gan_pipe.cli` is imported."""
+the app of :mod:`gan_pipe.cli_common` when :mod:`gan_pipe.cli` is imported."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import RecipeArg, SetOpt, _fail, _load, app
+from .cli_common import RecipeArg, SetOpt, _fail, _load, app
 from .errors import UserError
 
 

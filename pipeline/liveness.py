@@ -230,7 +230,25 @@ class Claim:
             self._lock = None
 
 
-def _take_lock(path: Path, run_id: str, command: str) -> IO[str]:
+def _read_holder(fh: IO[str]) -> dict[str, Any]:
+    """The token the lock's holder wrote; it writes it right after locking, so an empty file
+    is read again for up to a second."""
+    for _ in range(10):
+        fh.seek(0)
+        text = fh.read()
+        if text:
+            try:
+                held = json.loads(text)
+            except ValueError:
+                held = {}
+            return held if isinstance(held, dict) else {}
+        time.sleep(0.1)
+    return {}
+
+
+def _take_lock(path: Path, run_id: str, command: str, token: str) -> IO[str]:
+    """The run's lock file, locked by this process with ``token`` in it (so a process that
+    finds it locked can name the holder); a UserError naming the holder if it is locked."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,16 +256,16 @@ def _take_lock(path: Path, run_id: str, command: str) -> IO[str]:
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        fh.seek(0)
-        try:
-            held = json.loads(fh.read() or "{}")
-        except ValueError:
-            held = {}
+        held = _read_holder(fh)
         fh.close()
-        doing = held.get("doing", "written")
+        doing = held.get("doing", "resumed")
         raise _busy(
             run_id, doing, held.get("pid"), held.get("host"), command, "another process"
         ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(token)
+    fh.flush()
     return fh
 
 
@@ -269,7 +287,7 @@ def claim(c: Any, uri: str, run_id: str, doing: str, command: str) -> Claim:
         }
     )
     path = _lock_path(uri, run_id)
-    lock = _take_lock(path, run_id, command) if path is not None else None
+    lock = _take_lock(path, run_id, command, token) if path is not None else None
     try:
         run = c.get_run(run_id)
         check_not_alive(run, command)
@@ -278,11 +296,6 @@ def claim(c: Any, uri: str, run_id: str, doing: str, command: str) -> Claim:
             raise _busy(
                 run_id, held["doing"], held["pid"], held["host"], command, "another process"
             )
-        if lock is not None:
-            lock.seek(0)
-            lock.truncate()
-            lock.write(token)
-            lock.flush()
         c.set_tag(run_id, CLAIM, token)
         if lock is None:  # no lock: the last token written wins
             time.sleep(claim_wait())

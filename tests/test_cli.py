@@ -439,3 +439,25 @@ def test_run_summary_hides_settings_but_shows_raised_flags():
     assert _is_setting("parzen_sigma_at_edge", 0.0)
     assert not _is_setting("parzen_sigma_at_edge", -1.0)
     assert not _is_setting("kl") and not _is_setting("kl_gauss")
+
+
+def test_python_dash_m_gan_pipe_cli_has_every_command(tmp_path):
+    """``python -m gan_pipe.cli`` runs the module as __main__: the commands registered from
+    gan_pipe.cli_tools must land on the same app (they once went to a second copy)."""
+    import subprocess
+    import sys
+
+    from gan_pipe.cli import app as imported
+
+    names = {c.name or c.callback.__name__.replace("_", "-") for c in imported.registered_commands}
+    assert {"run", "plugins", "validate", "sync", "schema", "new-plugin"} <= names
+    for module in ("gan_pipe.cli", "gan_pipe"):
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={"TYPER_USE_RICH": "0", "PATH": ""},
+        ).stdout
+        missing = [n for n in names if n not in out]
+        assert not missing, (module, missing, out)
