@@ -12,7 +12,11 @@ References: SciPy (``stats.entropy``, ``spatial.distance.jensenshannon``,
 ``stats.wasserstein_distance``, ``optimize.linear_sum_assignment``), scikit-learn's
 ``KernelDensity``, sliced Wasserstein as one SciPy W1 per direction, and pytorch-fid's Frechet
 distance through ``scipy.linalg.sqrtm`` (gan-pipe uses symmetric eigendecompositions).
-No assertions on time.
+FID's features come from a small classifier (``gan_pipe.estimators.features``): their line
+times gan-pipe's batched extraction against one unbatched forward of the same net (what the
+batching must equal) and prints images per second, plus one training epoch of the classifier
+(done once per dataset, then cached). KID is timed beside torch-fidelity's formula (row sums
+without the diagonal) on the same subsets. No assertions on time.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from scipy import linalg, stats
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist, jensenshannon
 
-from gan_pipe.estimators import gaussian, histogram, kde, transport
+from gan_pipe.estimators import features, gaussian, histogram, kde, mmd, transport
 
 
 def timed(fn: Callable[[], Any], reps: int = 1) -> tuple[Any, float]:
@@ -146,6 +150,50 @@ def bench_frechet(d: int, n: int, rng: np.random.Generator) -> None:
     row(f"Frechet distance d={d}", t_ours, t_ref, rel(ours, ref), f"(+{t_stats:.2f} s mean/cov)")
 
 
+def bench_fid_features(n: int, rng: np.random.Generator) -> None:
+    """The default FID classifier on MNIST-shaped rows: feature extraction and one epoch of
+    its training (weights are random: throughput does not depend on them)."""
+    x = torch.from_numpy(rng.random((n, 1, 28, 28), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, n))
+    model = features.build_classifier((1, 28, 28), 10, 128, seed=0).eval()
+    cpu = torch.device("cpu")
+    ours, t_ours = timed(lambda: features.extract_features(model, x, cpu, 500), 2)
+
+    def unbatched() -> np.ndarray:
+        with torch.no_grad():
+            return model.features(x).double().numpy()
+
+    ref, t_ref = timed(unbatched, 2)
+    note = f"({n / t_ours:.0f} images/s; reference: one unbatched forward)"
+    row(f"FID features {n}x1x28x28 -> 128", t_ours, t_ref, rel(ours, ref), note)
+    train = lambda: features.train_classifier(  # noqa: E731
+        model, x, y, epochs=1, batch_size=64, lr=1e-3, seed=0, device=cpu
+    )
+    _, t_train = timed(train, 1)
+    label = "  classifier: 1 training epoch"
+    print(f"{label:<34} {t_train:9.4f} s  ({n / t_train:.0f} images/s)")
+
+
+def bench_kid(n: int, d: int, subsets: int, m: int, rng: np.random.Generator) -> None:
+    f1 = rng.standard_normal((n, d))
+    f2 = rng.standard_normal((n, d)) * 1.05 + 0.02
+    ours, t_ours = timed(lambda: mmd.kid(f1, f2, subsets, m)[0], 1)
+
+    def torch_fidelity_formula() -> float:  # kernel row sums without the diagonal
+        state, vals = np.random.RandomState(0), []
+        for _ in range(subsets):
+            a = f1[state.choice(n, m, replace=False)]
+            b = f2[state.choice(n, m, replace=False)]
+            kxx, kyy, kxy = ((u @ v.T / d + 1) ** 3 for u, v in ((a, a), (b, b), (a, b)))
+            sxx = (kxx.sum(1) - np.diagonal(kxx)).sum()
+            syy = (kyy.sum(1) - np.diagonal(kyy)).sum()
+            vals.append((sxx + syy) / (m * (m - 1)) - 2 * kxy.sum() / m**2)
+        return float(np.mean(vals))
+
+    ref, t_ref = timed(torch_fidelity_formula, 1)
+    row(f"KID {subsets} subsets x {m}, d={d}", t_ours, t_ref, rel(ours, ref), "(torch-fidelity)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every size by this")
@@ -165,6 +213,8 @@ def main() -> None:
     bench_w1(size(10_000), size(1000), rng)  # n_samples; n_assign
     bench_kde(size(5000), rng)  # divergences.n_kde
     bench_frechet(2048 if args.scale >= 1 else 64, size(10_000), rng)  # fid: 2048 features
+    bench_fid_features(size(10_000), rng)  # fid.n_samples generated rows
+    bench_kid(size(10_000), 128, max(2, int(100 * args.scale)), size(1000), rng)  # fid: kid_*
 
 
 if __name__ == "__main__":

@@ -65,9 +65,12 @@ def test_metrics_bench_agrees_with_its_references(tmp_path):
     out = run_bench("metrics.py", "--scale", "0.05", cwd=tmp_path)
     lines = re.findall(r"^(\S.*?)\s+(\S+) s\s+(\S+) s\s+(\S+)x\s+(\S+)", out, flags=re.MULTILINE)
     names = [name for name, *_ in lines]
-    assert len(lines) == 6, out
-    for name in ("histogram", "W1 1-D", "sliced W1", "assignment", "KDE", "Frechet"):
+    assert len(lines) == 8, out
+    names_wanted = ("histogram", "W1 1-D", "sliced W1", "assignment", "KDE", "Frechet")
+    for name in (*names_wanted, "FID features", "KID"):
         assert any(name in n for n in names), (name, out)
     for name, ours, ref, ratio, diff in lines:
         assert all(math.isfinite(float(v)) for v in (ours, ref, ratio)), name
         assert float(diff) < 1e-9, (name, diff)
+    assert numbers(out, r"FID features .*\((\d+) images/s")
+    assert numbers(out, r"classifier: 1 training epoch\s+(\S+) s")
