@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from .conftest import write
+from .test_compile import needs_compile
 from .test_distributed import _client, _final_checkpoint, _free_port
 from .test_resume_exact import RECIPE, assert_same_state
 
@@ -281,6 +282,24 @@ def test_a_nan_on_one_process_rolls_both_back_and_they_end_alike(where, workdir)
     for net in ("G", "D"):
         two = _tensors(got[0]["nets"][net])
         torch.testing.assert_close(two, one[net], rtol=1e-5, atol=1e-5)
+
+
+@SLOW
+@needs_compile
+def test_compiled_nets_train_under_ddp_as_eager_ones(where, straight):
+    """train.compile = true on 2 processes: the compiled nets in DDP end as the eager 2-process
+    run's within the tolerance of test_compile (the generated kernels reassociate sums), the
+    two processes bit-identical to each other, with the same collectives per step."""
+    got = two_processes(where, {"sets": [*SHORT, "train.compile=true", "train.checkpoint_every=3"]})
+    for rank in (0, 1):
+        assert got[rank]["end"][0] == "ok" and got[rank]["step"] == 12, got[rank]["end"]
+        assert got[rank]["calls"] == {3: 1, 6: 1, 9: 1, 12: 1} and got[rank]["threads"] == 0
+    assert_same_state(got[0]["nets"], got[1]["nets"])
+    for net in ("G", "D"):
+        eager, compiled = _tensors(straight[0]["nets"][net]), _tensors(got[0]["nets"][net])
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    logged = _client(where).get_run(got[0]["end"][1]).data.metrics
+    assert logged["perf/compile_seconds"] > 0
 
 
 def _one_process_with_nan(workdir: Path, sets: list[str]) -> dict[str, Any]:
