@@ -48,8 +48,12 @@ def launch(where: Path, sets: list[str], interrupt: float | None) -> tuple[int, 
     cmd += [f"--set={s}" for s in sets]
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        cmd, cwd=where, env=environment(), stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
+        cmd,
+        cwd=where,
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     if interrupt is not None:
         try:
@@ -86,10 +90,15 @@ def main() -> None:
                 aborts[line.strip()[:100]] += 1
             if code not in (0, 130) or found:
                 (args.keep / f"launch-{i:03d}-exit-{code}.txt").write_text(err)
-            print(f"launch {i + 1:3d}: exit {code:3d}  {seconds:5.1f} s"
-                  + (f"  ABORT: {found[0][:80]}" if found else ""), flush=True)
-    print(f"\n{args.launches} launches of {' '.join(sets)}"
-          + (f", SIGINT after {args.interrupt} s" if args.interrupt else ""))
+            print(
+                f"launch {i + 1:3d}: exit {code:3d}  {seconds:5.1f} s"
+                + (f"  ABORT: {found[0][:80]}" if found else ""),
+                flush=True,
+            )
+    print(
+        f"\n{args.launches} launches of {' '.join(sets)}"
+        + (f", SIGINT after {args.interrupt} s" if args.interrupt else "")
+    )
     print("exit codes: " + ", ".join(f"{c}: {n}" for c, n in sorted(codes.items())))
     print(f"launches with an abort line on stderr: {aborted}")
     for line, n in aborts.most_common():

@@ -233,7 +233,9 @@ def test_a_signal_to_one_process_stops_both_after_the_same_step_and_resumes_exac
     assert _client(where).get_run(run_id).info.status == "KILLED"
     resumed = two_processes(where, {"resume": run_id})
     assert resumed[0]["end"] == ("ok", run_id, 12) and resumed[1]["end"][0] == "ok"
-    assert_same_state(_final_checkpoint(where, straight[0]["end"][1]), _final_checkpoint(where, run_id))
+    assert_same_state(
+        _final_checkpoint(where, straight[0]["end"][1]), _final_checkpoint(where, run_id)
+    )
 
 
 @SLOW
@@ -252,11 +254,15 @@ def test_checkpoint_minutes_passed_on_one_process_saves_on_rank_0_and_resumes_ex
     assert got[0]["written"] == [6] and got[1]["written"] == []
     assert got[0]["saved"] == got[1]["saved"] == 6
     assert got[0]["threads"] == got[1]["threads"] == 0
-    run_id = _client(where).search_runs(
-        [_client(where).get_experiment_by_name("exact").experiment_id],
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )[0].info.run_id
+    run_id = (
+        _client(where)
+        .search_runs(
+            [_client(where).get_experiment_by_name("exact").experiment_id],
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )[0]
+        .info.run_id
+    )
     assert _checkpoints(where, run_id) == ["checkpoint-0000006.pt"]
     base = straight[0]["end"][1]
     assert_same_state(_checkpoint(where, base, 6), _checkpoint(where, run_id, 6))
@@ -271,7 +277,7 @@ def test_a_nan_on_one_process_rolls_both_back_and_they_end_alike(where, workdir)
     through the averaged gradients, logging step 6 finds it on both, both roll back to step
     3 and finish bit-identical to each other, and within rounding of one process given the
     same NaN at the same step."""
-    sets = [*SHORT, "train.on_nonfinite=\"rollback\"", "train.checkpoint_every=0"]
+    sets = [*SHORT, 'train.on_nonfinite="rollback"', "train.checkpoint_every=0"]
     got = two_processes(where, {"sets": sets, "plans": {1: {5: "nan"}}})
     for rank in (0, 1):
         assert got[rank]["end"][0] == "ok" and got[rank]["step"] == 12, got[rank]["end"]
