@@ -76,27 +76,56 @@ def enabled() -> bool:
 
 
 # ------------------------------------------------------------------ lifecycle
+#: set by :func:`leave_together`: the processes agreed to end (a stop all of them saw at the
+#: same step, a divergence found in an all-reduced value), so :func:`stop` waits for the others
+_agreed_end = False
+
+
 def start() -> None:
     """Join torchrun's process group (once; a no-op outside torchrun)."""
     if not launched() or enabled():
         return
     import torch
     import torch.distributed as td
+    import torch.distributed.nn  # noqa: F401  (before the group exists: see below)
 
+    # torch.distributed.nn's functions take ``group=group.WORLD`` as a default argument,
+    # bound when the module is first imported (DistributedDataParallel imports it). Imported
+    # after the group is made, they would hold it, and gloo's threads with it, past
+    # destroy_process_group() until the interpreter tears the module down at exit: the
+    # "terminate called without an active exception" abort (exit 134) of issue 11.
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     td.init_process_group(backend)  # env:// rendezvous from torchrun's variables
     atexit.register(stop)
 
 
+def leave_together() -> None:
+    """Every process reached the same end of training (all raise the same way from the same
+    step): the final :func:`stop` waits at a barrier, so none leaves (and torchrun stops none)
+    before rank 0 has saved its checkpoint and closed the run."""
+    global _agreed_end
+    _agreed_end = True
+
+
 def stop(together: bool = False) -> None:
     """Leave the process group (safe to call twice). ``together``: all processes call it at
-    the same point (after training, the last collective), and leave after a barrier."""
-    if enabled():
-        import torch.distributed as td
+    the same point (after training, the last collective; or after :func:`leave_together`),
+    and leave after a barrier. The group is destroyed whatever the barrier does (a signal, a
+    peer gone), and its threads are joined here, while the interpreter is whole."""
+    global _agreed_end
+    if not enabled():
+        return
+    import gc
 
-        if together:
+    import torch.distributed as td
+
+    try:
+        if together or _agreed_end:
             td.barrier()
+    finally:
+        _agreed_end = False
         td.destroy_process_group()
+        gc.collect()  # a group held only by a reference cycle (a trainer's DDP nets) goes now
 
 
 def local_device(device: torch.device) -> torch.device:

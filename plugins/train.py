@@ -233,16 +233,24 @@ class Trainer(DivergencePolicy, CheckpointState):
         return loss
 
     def _drain(self, step: int) -> dict[str, float]:
-        """Means since the last log point: one host sync for every value."""
-        if not self._acc:
-            return {}
+        """Means since the last log point: one host sync for every value. Under torchrun
+        they are all-reduced in one collective, which also carries what the processes must
+        agree on (:meth:`agreed`): the only collective of a step that is not DDP's own."""
         keys = list(self._acc)
         counts = self._acc_counts
         parts = [self._acc[k] / counts[k] for k in keys]
         check = self.cfg.on_nonfinite != "ignore"
         if check:  # in the same sync as the losses
             parts.append(self._largest_weight())
+        flags = self._local_flags() if dist.enabled() else []
+        parts += [torch.tensor(float(f), device=self.device) for f in flags]
+        if not parts:
+            return {}
         values = dist.mean(torch.stack(parts)).tolist()  # means over the processes too
+        if flags:  # a mean above 0: true on some process
+            agreed = [v > 0 for v in values[-len(flags) :]]
+            del values[-len(flags) :]
+            self._agreed = dict(zip(self._agreed, agreed, strict=True))
         largest = values.pop() if check else 0.0
         self._acc.clear()
         self._acc_counts = {}
@@ -270,6 +278,7 @@ class Trainer(DivergencePolicy, CheckpointState):
         self.D.train()
         ctx.step = self.start_step
         self._stop_signal: int | None = None
+        self._agreed = {"stop": False, "clock": False}  # under torchrun: at the last log
         self._in_step = False
         with self._signals_deferred():
             try:
@@ -282,17 +291,45 @@ class Trainer(DivergencePolicy, CheckpointState):
                     raise
                 if self._saved_step != ctx.step:
                     self.save_checkpoint(ctx.step)
-                if self._stop_signal is None:
+                if not self.agreed("stop"):
                     self.callbacks.fire("on_train_end", ctx)
             finally:
                 self.callbacks.fire("teardown", ctx)
+                self._release()
             ctx.tracker.flush(wait=False)
-        if self._stop_signal is not None:
+        if self.agreed("stop"):
             # asked to stop during the last step: training is complete and checkpointed; the
             # run stops here (KILLED) instead of going on to evaluation
             raise KeyboardInterrupt(self._stopped_by())
         self._use_provided_generator()
         return ctx.step
+
+    def _local_flags(self) -> list[bool]:
+        """This process's view of what all must agree on, in the order of ``self._agreed``:
+        a signal asked it to stop; ``train.checkpoint_minutes`` passed on its clock."""
+        minutes = self.cfg.checkpoint_minutes
+        clock = bool(minutes) and self.seconds_since_save() >= 60 * minutes
+        return [self._stop_signal is not None, clock]
+
+    def agreed(self, what: str) -> bool:
+        """'stop' or 'clock' (:meth:`_local_flags`): this process's own view with one process;
+        under torchrun, any process's view at the last logging step (all-reduced with its
+        losses), so all stop, and save by the clock, after the same step. Hence a stop asked
+        of one process under torchrun waits for the next logging step (``train.log_every``)."""
+        if not dist.enabled():
+            return dict(zip(self._agreed, self._local_flags(), strict=True))[what]
+        if what == "stop" and self._agreed["stop"]:
+            dist.leave_together()  # the final barrier waits for rank 0's checkpoint
+        return self._agreed[what]
+
+    def _release(self) -> None:
+        """Let go of what holds the process group or worker processes once training ends:
+        the DDP wrappers and a streaming loader's workers (under torchrun the group is then
+        destroyed with nothing left holding it)."""
+        self.G_ddp, self.D_ddp = self.G, self.D
+        close = getattr(self.sampler, "close", None)
+        if close is not None:
+            close()
 
     def _stopped_by(self) -> str:
         """'SIGTERM' (the signal that asked training to stop), for the run's error tag."""
@@ -306,9 +343,9 @@ class Trainer(DivergencePolicy, CheckpointState):
         listeners = ctx.hooks.has_step_listeners()
         step = self.start_step
         while step < self.steps:
-            step += 1
-            if dist.any_rank(self._stop_signal is not None):  # all processes stop alike
+            if self.agreed("stop"):  # all processes stop alike, after the same step
                 raise KeyboardInterrupt(self._stopped_by())
+            step += 1
             # a step mutates nets, optimisers, schedules, the sampler, the RNG states and the
             # callbacks' state: a checkpoint taken while _in_step would not match its label
             self._in_step = True

@@ -88,6 +88,7 @@ class DivergencePolicy:
         self._acc.clear()
         self._acc_counts.clear()
         ctx.tracker.set_tags({"gan_pipe.diverged": f"step {step}: {what}"})
+        dist.leave_together()  # found in all-reduced values: every process stops here
         raise TrainingDiverged(
             f"training diverged at step {step}: {what} (train.on_nonfinite = "
             f"{cfg.on_nonfinite!r}{tried}); the run is marked FAILED and its diverged state is "

@@ -42,8 +42,9 @@ class PeriodicCheckpoints:
     rolls back or stops as ``train.on_nonfinite`` says), and at the first logging step
     ``train.checkpoint_minutes`` after the last one (just checked finite). The end of
     training and an interrupt save theirs in the trainer. Under torchrun the processes
-    agree on the minutes (any process's clock past them saves on all), so they keep the
-    same newest checkpoint step and make the same collective checks."""
+    agree on the minutes in the logging step's all-reduce (any process's clock past them
+    saves on all), so they keep the same newest checkpoint step and make the same
+    collective checks; a checkpoint at a logging step adds no collective."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
@@ -54,12 +55,15 @@ class PeriodicCheckpoints:
 
     def on_step(self, ctx: RunContext, step: int) -> None:
         t = self.trainer
-        minutes, every = t.cfg.checkpoint_minutes, t.cfg.checkpoint_every
-        if self._logged == step and minutes:
-            if dist.any_rank(t.seconds_since_save() >= 60 * minutes):
-                t.save_checkpoint(step)
+        logged = self._logged == step  # its values were just found finite (on all processes)
+        if logged and t.cfg.checkpoint_minutes and t.agreed("clock"):
+            t.save_checkpoint(step)
+        every = t.cfg.checkpoint_every
         if every and step % every == 0 and t.saved_step != step:
-            t.checkpoint_if_finite(step)
+            if logged:  # no second check (under torchrun: no second collective)
+                t.save_checkpoint(step)
+            else:
+                t.checkpoint_if_finite(step)
 
 
 class ProgressBar:
