@@ -16,7 +16,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -92,16 +92,23 @@ FASHION_MNIST = IdxSource(
 
 
 # ---------------------------------------------------------------- params
+def _data_dir(source: IdxSource | None = None) -> Any:
+    """The ``data_dir`` field: required, or defaulting to ``source``'s directory."""
+    files = f"{source.title} IDX files" if source else "IDX files"
+    return Field(
+        source.default_dir if source else ...,
+        min_length=1,
+        description=f"directory holding the four {files} (.gz or uncompressed); '~' is "
+        "expanded, relative paths are taken from the working directory",
+    )
+
+
 class IdxParams(BaseModel):
     """Params shared by the IDX datasets (each subclass sets its own ``data_dir`` default)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    data_dir: str = Field(
-        min_length=1,
-        description="directory holding the four IDX files (.gz or uncompressed); '~' is "
-        "expanded, relative paths are taken from the working directory",
-    )
+    data_dir: str = _data_dir()
     download: bool = Field(True, description="download missing files from the public mirrors")
     scale: Literal["tanh", "unit"] = Field(
         "tanh",
@@ -129,23 +136,13 @@ class IdxParams(BaseModel):
 class MnistParams(IdxParams):
     """Params of the ``mnist`` dataset."""
 
-    data_dir: str = Field(
-        MNIST.default_dir,
-        min_length=1,
-        description="directory holding the four MNIST IDX files (.gz or uncompressed); "
-        "'~' is expanded, relative paths are taken from the working directory",
-    )
+    data_dir: str = _data_dir(MNIST)
 
 
 class FashionMnistParams(IdxParams):
     """Params of the ``fashion-mnist`` dataset."""
 
-    data_dir: str = Field(
-        FASHION_MNIST.default_dir,
-        min_length=1,
-        description="directory holding the four Fashion-MNIST IDX files (.gz or "
-        "uncompressed); '~' is expanded, relative paths are taken from the working directory",
-    )
+    data_dir: str = _data_dir(FASHION_MNIST)
 
 
 # ---------------------------------------------------------------- files and download
