@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import json
-import math
 import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-import typer.core
 
 from . import __version__, distributed
-from .cli_common import RecipeArg, SetOpt, _err, _fail, _load, _plugins, app  # noqa: F401
-from .errors import GanPipeError, RecipeError, UserError
+from .cli_common import (  # noqa: F401  (re-exported: they were here)
+    RecipeArg,
+    SetOpt,
+    _err,
+    _fail,
+    _interrupted,
+    _load,
+    _plugins,
+    _train,
+    app,
+)
+from .cli_score import _json_values, _score_help, _ScoreCommand, score  # noqa: F401
+from .cli_sweep import sweep
+from .errors import GanPipeError, UserError
 from .evaluation import is_setting
 
 NprocOpt = Annotated[
@@ -42,45 +49,6 @@ def _stage(name: str) -> None:
     typer.secho(f"[{name}]", fg=typer.colors.CYAN, err=True)
 
 
-def _interrupted(e: KeyboardInterrupt) -> str:
-    """What Ctrl-C (or SIGTERM) left: the trainer puts the newest checkpoint's step on the
-    exception (None: no checkpoint); without it the interrupt came outside training."""
-    if not hasattr(e, "checkpoint_step"):
-        return "interrupted outside training; the MLflow run is marked KILLED"
-    if e.checkpoint_step is None:
-        return (
-            "interrupted before the first training step; the MLflow run is marked KILLED and "
-            "has no checkpoint, so there is nothing to resume: run the recipe again"
-        )
-    n = distributed.world_size()
-    return (
-        f"interrupted; the MLflow run is marked KILLED with a checkpoint of step "
-        f"{e.checkpoint_step}: continue it with gan-pipe resume {getattr(e, 'run_id', 'RUN_ID')}"
-        + (f" --nproc {n}" if n > 1 else "")
-    )
-
-
-def _train(start: Callable[[], Any], interrupted: str | None = None) -> Any:
-    """Run or resume training; map what can happen to messages and exit codes."""
-    try:
-        return start()
-    except KeyboardInterrupt as e:
-        if distributed.is_main():  # one message for all the processes of a torchrun launch
-            _err(interrupted or _interrupted(e))
-        raise typer.Exit(130) from None
-    except RecipeError as e:
-        raise _fail(e) from None
-    except UserError as e:  # a missing data file, say: the user's to fix, no traceback
-        _err(str(e))
-        for note in getattr(e, "__notes__", []):
-            typer.echo(f"{note}.", err=True)
-        raise typer.Exit(2) from None
-    except Exception as e:  # a bug: the traceback (with the run's note) helps its report
-        traceback.print_exc()
-        _err(f"the run failed: {type(e).__name__}: {e}")
-        raise typer.Exit(1) from None
-
-
 @app.command()
 def run(recipe: RecipeArg, set_: SetOpt = None, nproc: NprocOpt = None) -> None:
     """Run one experiment: data -> build -> train -> evaluate -> report."""
@@ -101,76 +69,9 @@ def run(recipe: RecipeArg, set_: SetOpt = None, nproc: NprocOpt = None) -> None:
         _summary(result)
 
 
-@app.command()
-def sweep(
-    paths: Annotated[
-        list[Path],
-        typer.Argument(help="recipe files, or one study file (studies/*.toml)", show_default=False),
-    ],
-    seeds: Annotated[
-        str | None,
-        typer.Option("--seeds", help="20 (seeds 0-19), 0-19, 1,5,7 or 0-4,10 [default: 5]"),
-    ] = None,
-    grid: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--grid", "-g", help="KEY=V1,V2: one variant per value (repeatable: all combinations)"
-        ),
-    ] = None,
-    set_: SetOpt = None,
-    jobs: Annotated[
-        int | None, typer.Option("--jobs", "-j", min=1, help="seed runs at once [default: 1]")
-    ] = None,
-    name: Annotated[
-        str | None, typer.Option("--name", help="study name (default: from the file or recipes)")
-    ] = None,
-    experiment: Annotated[
-        str | None, typer.Option("--experiment", help="MLflow experiment for the whole study")
-    ] = None,
-    metric: Annotated[
-        list[str] | None,
-        typer.Option("--metric", "-m", help="aggregate and show only these eval metrics"),
-    ] = None,
-    executor: Annotated[
-        str, typer.Option("--executor", help="local (process pool) or ray")
-    ] = "local",
-    address: Annotated[
-        str | None, typer.Option("--address", help="Ray cluster address (default: start one)")
-    ] = None,
-    gpus_per_run: Annotated[
-        float, typer.Option("--gpus-per-run", min=0, help="GPUs per seed run (Ray)")
-    ] = 0.0,
-    cpus_per_run: Annotated[
-        float,
-        typer.Option("--cpus-per-run", min=0.1, help="CPUs (torch threads) per seed run (Ray)"),
-    ] = 1.0,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="show what would run, run nothing")
-    ] = False,
-) -> None:
-    """Run a study: recipes and/or a grid of overrides, each over N seeds, as one MLflow tree.
-
-    One parent run per study, one nested run per variant with the mean, std, n and 95% interval of every final metric over its seeds, and the seed runs under it. Running the same study again skips finished seeds, re-runs failed or killed ones and adds new seeds or grid values.
-    """  # noqa: E501
-    from .study_cli import build_spec, print_study
-    from .sweep import Options, run_study
-
-    try:
-        spec = build_spec(paths, seeds, grid, set_, jobs, name, experiment, metric)
-        plugins_ = _plugins()
-        opts = Options(executor, spec.jobs, address, gpus_per_run, cpus_per_run, dry_run)
-        result = _train(
-            lambda: run_study(spec, plugins_, opts, echo=lambda m: typer.echo(m, err=True)),
-            interrupted="interrupted; the study and its unfinished runs are marked KILLED. Run "
-            "the same sweep again to finish it: finished seeds are kept and skipped",
-        )
-    except UserError as e:
-        raise _fail(e) from None
-    if dry_run:
-        return
-    print_study(result)
-    if not result.complete:
-        raise typer.Exit(1)  # scripts see that some seed runs failed or never started
+# registered here, after run: --help lists the commands in the order they are added
+app.command()(sweep)
+app.command(cls=_ScoreCommand)(score)
 
 
 def _summary(result) -> None:
@@ -198,102 +99,6 @@ def _summary(result) -> None:
         typer.echo(f"  (and {n} sizes and settings of the metrics, under eval/ in MLflow)")
     typer.echo(f"  store:      {result.tracking_uri}")
     typer.echo(f"Open the MLflow UI: {ui_command(result.tracking_uri)}")
-
-
-class _ScoreCommand(typer.core.TyperCommand):
-    """``score``'s help names the registered metrics and datasets, read when it is shown."""
-
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        self.help = _score_help(self.help or "")
-        super().format_help(ctx, formatter)
-
-
-def _score_help(text: str) -> str:
-    try:
-        from .host import PluginHost
-
-        registry = PluginHost.load().registry
-        metrics, datasets = registry.names("metric"), registry.names("dataset")
-    except Exception:  # noqa: BLE001 - the help must show even when a plugin is broken
-        metrics = datasets = ["(see gan-pipe plugins)"]
-    return text.replace("{METRICS}", ", ".join(metrics)).replace("{DATASETS}", ", ".join(datasets))
-
-
-def _json_values(values: dict[str, float]) -> str:
-    """One JSON object; NaN and infinities (not JSON) become null."""
-    clean = {k: v if math.isfinite(v) else None for k, v in values.items()}
-    return json.dumps(clean, allow_nan=False)
-
-
-@app.command(cls=_ScoreCommand)
-def score(
-    real: Annotated[
-        Path, typer.Option("--real", help="real samples, .npy with one row per sample")
-    ],
-    fake: Annotated[Path, typer.Option("--fake", help="generated samples, same layout")],
-    metric: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--metric", "-m", help="metric name (repeatable, each runs once); default: parzen"
-        ),
-    ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param",
-            "-p",
-            help="setting of a metric selected with -m: --param parzen.n_val=500 "
-            "(keys: gan-pipe plugins --params)",
-        ),
-    ] = None,
-    value_range: Annotated[
-        str | None,
-        typer.Option(
-            "--range",
-            help="LO,HI of the sample values, finite, LO < HI; parzen and fid map it to [0,1] "
-            "(default 0,1; with --dataset the dataset's range, which --range may only repeat)",
-            show_default=False,
-        ),
-    ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            "--dataset",
-            help="registered dataset the samples come from (e.g. ring8, digits): adds its mode "
-            "centres, density, value range and labelled images; the real rows stay --real's",
-        ),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="print one JSON object (null for NaN or inf)")
-    ] = False,
-) -> None:
-    """Score two sample files with any metric, e.g. samples of a generator trained elsewhere.
-
-    Metrics (-m): {METRICS}. Their --param keys and defaults: gan-pipe plugins --params.
-
-    A random 10% of the real rows (seed 0) is held out as Parzen's validation split; the rest is the test split the metrics compare with (and draw real samples from).
-
-    --dataset NAME ({DATASETS}) adds what sample files cannot carry: mode centres (modes), the exact density (divergences' KDE KL), labelled training images for fid's classifier (its accuracy is measured on the dataset's own test split) and the value range (--range may only repeat it). It never replaces --real: the real rows are always the file's. Rows must have the dataset's sample shape; flat rows of an image dataset's size are reshaped to its (C, H, W).
-
-    Both files are read as numbers in their own precision: NaN or infinite values (in any row of either file), complex numbers and values whose squared distances would overflow float32 once --range is mapped to [0, 1] are errors; drop or rescale such rows first. Plain output rounds to 6 significant digits, --json keeps full precision.
-    """  # noqa: E501 (one line per paragraph: the help renderer keeps line breaks)
-    from .scoring import parse_range
-    from .scoring import score as run_score
-
-    try:
-        lo_hi = parse_range(value_range) if value_range is not None else None
-        values, notes = run_score(
-            _plugins().registry, real, fake, metric or ["parzen"], param, lo_hi, dataset
-        )
-    except UserError as e:
-        raise _fail(e) from None
-    for note in notes:
-        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
-    if as_json:
-        typer.echo(_json_values(values))
-        return
-    for key, value in values.items():
-        typer.echo(f"{key:<24} {value:.6g}")
 
 
 @app.command()

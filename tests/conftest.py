@@ -33,3 +33,28 @@ def _quiet_threads():
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def mlp_nets(hidden: str = "[16]", params: str = "") -> str:
+    """The [model] tables of most end-to-end tests: an MLP generator and an MLP discriminator,
+    both of widths ``hidden`` (TOML), with the ``params`` lines added to each."""
+    extra = f"\n{params}" if params else ""
+    return "".join(
+        f'\n[model.{net}]\nname = "mlp"\n[model.{net}.params]\nhidden = {hidden}{extra}\n'
+        for net in ("generator", "discriminator")
+    )
+
+
+def ring8_recipe(
+    name: str, *, n_train: int, n_val: int, n_test: int, seed: int | None = None, nets: str = ""
+) -> str:
+    """The head of a tiny ring8 recipe: [experiment] ``name`` (and ``seed``), ring8 data of
+    these sizes, ``nets`` (default :func:`mlp_nets`) and the non-saturating loss. Tests append
+    their own [train], [[evaluate.metrics]], [[report]] and [noise] tables."""
+    seed_line = "" if seed is None else f"seed = {seed}\n"
+    return (
+        f'[experiment]\nname = "{name}"\n{seed_line}\n'
+        f'[data]\nname = "ring8"\n[data.params]\n'
+        f"n_train = {n_train}\nn_val = {n_val}\nn_test = {n_test}\n"
+        f'{nets or mlp_nets()}\n[loss]\nname = "non-saturating"\n'
+    )

@@ -2,7 +2,7 @@
 before the metric code was reorganised into ``gan_pipe.estimators`` (see
 ``tests/data/metric_golden.json``); ``tests/test_metric_golden.py`` checks they stay the same.
 
-Run ``python tests/metric_golden.py OUT.json`` to write the current values (to compare two
+Run ``python -m tests.metric_golden OUT.json`` to write the current values (to compare two
 versions exactly: ``diff``)."""
 
 from __future__ import annotations
@@ -12,31 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .conftest import ring8_recipe
+
 GOLDEN = Path(__file__).parent / "data" / "metric_golden.json"
 
-RUN = """
-[experiment]
-name = "golden"
-seed = 3
-[data]
-name = "ring8"
-[data.params]
-n_train = 2000
-n_val = 300
-n_test = 300
-[model.generator]
-name = "mlp"
-[model.generator.params]
-hidden = [16]
-[model.discriminator]
-name = "mlp"
-[model.discriminator.params]
-hidden = [16]
+RUN = (
+    ring8_recipe("golden", seed=3, n_train=2000, n_val=300, n_test=300)
+    + """
 [noise]
 distribution = "normal"
 dim = 4
-[loss]
-name = "non-saturating"
 [train]
 batch_size = 64
 steps = 4
@@ -59,6 +44,7 @@ prefix = "p_"
 [evaluate.metrics.params]
 n_samples = 400
 """
+)
 
 
 def _context(dataset: Any, fake: Any, tmp: Path) -> Any:

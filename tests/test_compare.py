@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from gan_pipe.cli import app
 
+from .conftest import ring8_recipe
+
 runner = CliRunner()
 PARENT = "mlflow.parentRunId"
 
@@ -340,32 +342,11 @@ def test_html_of_two_studies_is_not_logged_to_either(store):
     assert c.list_artifacts(a, "compare") == [] and c.list_artifacts(b, "compare") == []
 
 
-TINY_RING = """
-[experiment]
-name = "tiny-ring"
-
-[data]
-name = "ring8"
-[data.params]
-n_train = 1000
-n_val = 100
-n_test = 300
-
-[model.generator]
-name = "mlp"
-[model.generator.params]
-hidden = [16]
-
-[model.discriminator]
-name = "mlp"
-[model.discriminator.params]
-hidden = [16]
-
+TINY_RING = (
+    ring8_recipe("tiny-ring", n_train=1000, n_val=100, n_test=300)
+    + """
 [noise]
 dim = 4
-
-[loss]
-name = "non-saturating"
 
 [train]
 batch_size = 32
@@ -388,6 +369,7 @@ name = "sample-grid"
 [report.params]
 n_points = 200
 """
+)
 
 
 def _real_study(recipe, lrs, seeds):

@@ -21,7 +21,7 @@ from gan_pipe.runner import run
 from gan_pipe.testing import plugins_with
 from gan_pipe.tracking import Tracker, ensure_store
 
-from .conftest import write
+from .conftest import mlp_nets, ring8_recipe, write
 from .test_cli import TINY
 
 runner = CliRunner()
@@ -303,32 +303,11 @@ def gan_pipe(workdir, args, env, log_name="child.log"):
         )
 
 
-LONG = """
-[experiment]
-name = "live-ring"
-
-[data]
-name = "ring8"
-[data.params]
-n_train = 2000
-n_val = 200
-n_test = 500
-
-[model.generator]
-name = "mlp"
-[model.generator.params]
-hidden = [16]
-batch_norm = true  # without: resolved.json's bn_* defaults fail validation on resume
-
-[model.discriminator]
-name = "mlp"
-[model.discriminator.params]
-hidden = [16]
-batch_norm = true
-
-[loss]
-name = "non-saturating"
-
+# batch_norm: without it resolved.json's bn_* defaults fail validation on resume
+BN_NETS = mlp_nets(params="batch_norm = true")
+LONG = (
+    ring8_recipe("live-ring", n_train=2000, n_val=200, n_test=500, nets=BN_NETS)
+    + """
 [train]
 steps = 1000000
 batch_size = 64
@@ -341,6 +320,7 @@ name = "modes"
 [evaluate.metrics.params]
 n_samples = 300
 """
+)
 
 
 @pytest.mark.slow

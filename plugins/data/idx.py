@@ -5,26 +5,31 @@ downloaded from the public mirrors, verified by MD5 and renamed into place atomi
 interrupted download never leaves a half file behind. When that fails too, the error says
 exactly which files to put where. Validation is the last ``val_size`` training images
 (train[50000:60000] by default), as in Goodfellow et al.'s Parzen protocol.
+The file format itself is read by :mod:`gan_pipe.plugins.data.idx_format`.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
-import math
 import os
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gan_pipe import hookimpl
 from gan_pipe.context import Dataset
 from gan_pipe.errors import DataNotFoundError, UserError
+from gan_pipe.plugins.data.idx_format import (  # noqa: F401  (re-exported: they were here)
+    IDX_DTYPES,
+    IdxFormatError,
+    _read_bytes,
+    parse_idx,
+    read_idx,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,20 +48,6 @@ FILE_NAMES: tuple[str, str, str, str] = (
 
 #: Seconds to wait on a mirror before trying the next one.
 DOWNLOAD_TIMEOUT_S = 20.0
-
-#: IDX type code -> big-endian numpy dtype string.
-IDX_DTYPES: dict[int, str] = {
-    0x08: ">u1",
-    0x09: ">i1",
-    0x0B: ">i2",
-    0x0C: ">i4",
-    0x0D: ">f4",
-    0x0E: ">f8",
-}
-
-
-class IdxFormatError(UserError):
-    """A file that is not a valid IDX file (bad magic, unknown type, truncated, corrupt)."""
 
 
 @dataclass(frozen=True)
@@ -101,16 +92,23 @@ FASHION_MNIST = IdxSource(
 
 
 # ---------------------------------------------------------------- params
+def _data_dir(source: IdxSource | None = None) -> Any:
+    """The ``data_dir`` field: required, or defaulting to ``source``'s directory."""
+    files = f"{source.title} IDX files" if source else "IDX files"
+    return Field(
+        source.default_dir if source else ...,
+        min_length=1,
+        description=f"directory holding the four {files} (.gz or uncompressed); '~' is "
+        "expanded, relative paths are taken from the working directory",
+    )
+
+
 class IdxParams(BaseModel):
     """Params shared by the IDX datasets (each subclass sets its own ``data_dir`` default)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    data_dir: str = Field(
-        min_length=1,
-        description="directory holding the four IDX files (.gz or uncompressed); '~' is "
-        "expanded, relative paths are taken from the working directory",
-    )
+    data_dir: str = _data_dir()
     download: bool = Field(True, description="download missing files from the public mirrors")
     scale: Literal["tanh", "unit"] = Field(
         "tanh",
@@ -138,97 +136,13 @@ class IdxParams(BaseModel):
 class MnistParams(IdxParams):
     """Params of the ``mnist`` dataset."""
 
-    data_dir: str = Field(
-        MNIST.default_dir,
-        min_length=1,
-        description="directory holding the four MNIST IDX files (.gz or uncompressed); "
-        "'~' is expanded, relative paths are taken from the working directory",
-    )
+    data_dir: str = _data_dir(MNIST)
 
 
 class FashionMnistParams(IdxParams):
     """Params of the ``fashion-mnist`` dataset."""
 
-    data_dir: str = Field(
-        FASHION_MNIST.default_dir,
-        min_length=1,
-        description="directory holding the four Fashion-MNIST IDX files (.gz or "
-        "uncompressed); '~' is expanded, relative paths are taken from the working directory",
-    )
-
-
-# ---------------------------------------------------------------- IDX format
-def _read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when it is a ``.gz`` file."""
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise IdxFormatError(
-            f"{path}: corrupt or truncated gzip file ({e}); delete it and download it again"
-        ) from e
-    except OSError as e:
-        raise IdxFormatError(f"{path}: cannot read: {e}") from e
-
-
-def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
-    """Decode IDX bytes into an array of native byte order; ``source`` names it in errors.
-
-    Layout: two zero bytes, a type code (0x08 uint8 .. 0x0E float64), the number of
-    dimensions, each dimension as a big-endian uint32, then the values, big-endian, row-major.
-    """
-    import numpy as np
-
-    if len(data) < 4:
-        raise IdxFormatError(
-            f"{source}: truncated IDX file: {len(data)} bytes, the header alone needs 4"
-        )
-    if data[0] != 0 or data[1] != 0:
-        raise IdxFormatError(
-            f"{source}: not an IDX file: bad magic number 0x{data[:4].hex()} "
-            "(expected 0x0000 followed by a type code and the number of dimensions)"
-        )
-    code, ndim = data[2], data[3]
-    if code not in IDX_DTYPES:
-        known = ", ".join(f"0x{c:02X}" for c in IDX_DTYPES)
-        raise IdxFormatError(f"{source}: unknown IDX type code 0x{code:02X} (known: {known})")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise IdxFormatError(
-            f"{source}: truncated IDX file: {len(data)} bytes, the header of a "
-            f"{ndim}-dimensional array needs {header}"
-        )
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(IDX_DTYPES[code])
-    count = math.prod(dims)  # Python ints: np.prod would wrap around at 2**63
-    # numpy refuses any shape whose non-zero dimensions multiply past its index range, even
-    # with a zero dimension elsewhere: such a header is damage, not a large data set.
-    if math.prod(d for d in dims if d) * dtype.itemsize > np.iinfo(np.intp).max:
-        raise IdxFormatError(
-            f"{source}: corrupt IDX header: shape {dims} of {dtype.name} is larger than any "
-            "array can be; delete the file and download it again"
-        )
-    expected = header + count * dtype.itemsize
-    if len(data) < expected:
-        raise IdxFormatError(
-            f"{source}: truncated IDX file: {len(data)} bytes, shape {dims} of "
-            f"{dtype.name} needs {expected}; delete it and download it again"
-        )
-    if len(data) > expected:
-        raise IdxFormatError(
-            f"{source}: corrupt IDX file: {len(data) - expected} bytes after the "
-            f"{expected} that shape {dims} of {dtype.name} needs"
-        )
-    arr = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="), copy=True)
-
-
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read one IDX file (``.gz`` or uncompressed); errors name the file."""
-    path = Path(path)
-    return parse_idx(_read_bytes(path), str(path))
+    data_dir: str = _data_dir(FASHION_MNIST)
 
 
 # ---------------------------------------------------------------- files and download

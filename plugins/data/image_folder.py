@@ -13,7 +13,8 @@ Images are decoded into one preallocated uint8 array of shape (N, C, S, S) (C * 
 image: 12,288 at 64x64 RGB) and converted to float32 split by split in chunks, never as a list
 of per-image tensors. With ``cache = true`` that uint8 array is kept as a ``.npy`` file in the
 cache directory, keyed by a hash of the file list (relative paths, sizes, modification times)
-and of the decoding settings; a later run memory-maps it instead of decoding again.
+and of the decoding settings; a later run memory-maps it instead of decoding again
+(:mod:`gan_pipe.plugins.data.image_cache`).
 
 The folder has no labels: metrics that need them (fid) do not apply. Test and validation are
 ``test_fraction`` and ``val_fraction`` of the images, drawn by a fixed shuffle (``split_seed``).
@@ -21,12 +22,9 @@ The folder has no labels: metrics that need them (fid) do not apply. Test and va
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -37,6 +35,13 @@ from gan_pipe import hookimpl
 from gan_pipe.context import Dataset
 from gan_pipe.errors import DataNotFoundError, UserError
 from gan_pipe.plugins.data.digits import split_indices
+from gan_pipe.plugins.data.image_cache import (  # noqa: F401  (re-exported: they were here)
+    CACHE_VERSION,
+    _load_cached,
+    _save_cached,
+    cache_key,
+    default_cache_dir,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,8 +49,6 @@ if TYPE_CHECKING:
 
     from gan_pipe.registry import Register
 
-#: Bumped when decoding changes (filter, crop rule), so old caches are not used.
-CACHE_VERSION = 1
 #: Folders with at least this many images get progress lines on stderr while decoding.
 PROGRESS_MIN_IMAGES = 1000
 #: Rows converted from uint8 to float32 at a time (bounds the temporary copies).
@@ -236,74 +239,6 @@ def decode_all(
 
 
 # ---------------------------------------------------------------- cache
-def default_cache_dir() -> Path:
-    """``$GAN_PIPE_CACHE/datasets``, else ``~/.cache/gan-pipe/datasets``."""
-    root = os.environ.get("GAN_PIPE_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "gan-pipe"
-    return base / "datasets"
-
-
-def cache_key(root: Path, files: list[Path], params: ImageFolderParams) -> str:
-    """Hash of the file list (relative path, size, mtime in ns) and the decoding settings."""
-    digest = hashlib.sha256()
-    settings = {
-        "version": CACHE_VERSION,
-        "image_size": params.image_size,
-        "channels": params.channels,
-        "skip_corrupt": params.skip_corrupt,
-    }
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    for path in files:
-        st = path.stat()
-        digest.update(
-            f"\n{path.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}".encode()
-        )
-    return digest.hexdigest()[:32]
-
-
-def _load_cached(stem: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]] | None:
-    """The cached array (memory-mapped) and skipped files, or None when absent or unusable."""
-    import numpy as np
-
-    try:
-        meta = json.loads(stem.with_suffix(".json").read_text())
-        arr = np.load(stem.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    if arr.dtype != np.uint8 or tuple(arr.shape[1:]) != shape or len(arr) != meta.get("n"):
-        return None
-    return arr, list(meta.get("skipped", []))
-
-
-def _save_cached(stem: Path, images: np.ndarray, skipped: list[str], root: Path) -> bool:
-    """Write ``<stem>.npy`` then ``<stem>.json``, each through a temporary file renamed into place
-    (the .json is what marks the entry complete). A failure only warns (False): the run goes on."""
-    import numpy as np
-
-    try:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        for suffix, write in (
-            (".npy", lambda fh: np.save(fh, images, allow_pickle=False)),
-            (
-                ".json",
-                lambda fh: fh.write(
-                    json.dumps({"n": len(images), "skipped": skipped, "path": str(root)}).encode()
-                ),
-            ),
-        ):
-            fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{stem.name}.", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    write(fh)
-                os.replace(tmp, stem.with_suffix(suffix))
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-    except OSError as e:
-        print(f"image-folder: could not write the cache {stem}.npy: {e}", file=sys.stderr)
-        return False
-    return True
-
-
 # ---------------------------------------------------------------- dataset
 def uint8_to_float(
     images: np.ndarray, rows: np.ndarray, scale: Literal["tanh", "unit"]
