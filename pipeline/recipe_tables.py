@@ -141,7 +141,15 @@ class Train(_Strict):
     generator: OptimizerOverride = Field(default_factory=OptimizerOverride)
     discriminator: OptimizerOverride = Field(default_factory=OptimizerOverride)
     amp: Literal["auto", "off", "bf16"] = Field(
-        "auto", description="mixed precision: auto = bf16 on CUDA, off on CPU"
+        "auto",
+        description="mixed precision: auto = bf16 autocast on CUDA, off on the CPU; bf16 = bf16 "
+        "autocast on every device (the CPU too); off = float32 throughout",
+    )
+    channels_last: bool = Field(
+        False,
+        description="keep the nets' 4-D weights and the image batches in channels-last (NHWC) "
+        "memory order, which cuDNN's bf16 convolutions prefer; no effect on nets without "
+        "convolutions",
     )
     compile: bool = Field(
         False,

@@ -44,6 +44,7 @@ from gan_pipe.plugins.train_setup import (  # noqa: F401  (re-exported)
     BatchSampler,
     make_optimizer,
     make_schedule,
+    memory_format,
     place_data,
     total_steps,
 )
@@ -70,6 +71,7 @@ class Trainer(DivergencePolicy, CheckpointState):
             ctx.noise,
         )
         self.device = ctx.device
+        self._memory_format = memory_format(self.cfg, self.G, self.D)
         self._compile = compile_nets(self.G, self.D) if self.cfg.compile else None
         # under torchrun: what trains through DistributedDataParallel (the same nets)
         self.G_ddp, self.D_ddp = dist.wrap(self.G), dist.wrap(self.D)
@@ -82,7 +84,7 @@ class Trainer(DivergencePolicy, CheckpointState):
         self.sched_g = make_schedule(self.opt_g, self.cfg)
         self.sched_d = make_schedule(self.opt_d, self.cfg)
         self.steps = total_steps(self.cfg, len(self.data))
-        use_amp = self.device.type == "cuda" and self.cfg.amp in ("auto", "bf16")
+        use_amp = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.device.type == "cuda")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp)
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_counts: dict[str, int] = {}
@@ -141,8 +143,14 @@ class Trainer(DivergencePolicy, CheckpointState):
                 self.ctx.history[key] = sorted(by_step.items())
 
     # ------------------------------------------------------------ one step
-    def discriminator_step(self) -> dict[str, torch.Tensor]:
+    def _real_batch(self) -> torch.Tensor:
         real = self.sampler.next()
+        if self._memory_format is not None and real.dim() == 4:
+            real = real.contiguous(memory_format=self._memory_format)
+        return real
+
+    def discriminator_step(self) -> dict[str, torch.Tensor]:
+        real = self._real_batch()
         with torch.no_grad(), self.autocast:
             fake = self.G(dist.shard(self.noise(self.cfg.batch_size)))
         with self.autocast:
@@ -199,7 +207,7 @@ class Trainer(DivergencePolicy, CheckpointState):
     def simultaneous_step(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One forward pass of G and D; D's gradient and G's gradient both come from it (G's
         against D before D's update), then both nets are stepped (seeds 002/003)."""
-        real = self.sampler.next()
+        real = self._real_batch()
         with self.autocast:
             fake = self.G(dist.shard(self.noise(self.cfg.batch_size)))
             d_loss, d_extras, d_fake = self._discriminator_loss(real, fake)

@@ -109,6 +109,17 @@ def place_data(ctx: RunContext) -> tuple[Any, BatchSampler | StreamSampler, bool
     return data, BatchSampler(data, cfg.batch_size, cfg.sampling == "replacement"), False
 
 
+def memory_format(train: Any, *nets: torch.nn.Module) -> torch.memory_format | None:
+    """With ``train.channels_last``: the nets' 4-D weights and buffers moved to channels-last
+    order in place (the same Parameter objects, so optimisers built later see them) and the
+    format for the real batches; else None."""
+    if not getattr(train, "channels_last", False):
+        return None
+    for net in nets:
+        net.to(memory_format=torch.channels_last)
+    return torch.channels_last
+
+
 def total_steps(train: Any, n_rows: int) -> int:
     """Generator steps to run: ``train.steps``, or ``train.epochs`` passes of real batches."""
     if train.steps is not None:
