@@ -41,10 +41,10 @@ class CheckpointState:
     def checkpoint_state(self, step: int) -> dict[str, Any]:
         state = {"step": step, **self._training_state()}
         state["sampler_perm"] = self.sampler._perm.cpu()
-        state["recipe"] = self.resolved_recipe()
+        state["recipe"] = self._resolved_recipe()
         return state
 
-    def resolved_recipe(self) -> dict[str, Any]:
+    def _resolved_recipe(self) -> dict[str, Any]:
         """The recipe with every default filled in, component params included: the same form
         as the run's ``recipe/resolved.json``, which is what ``gan-pipe resume`` runs, so a
         run's checkpoints hold the same recipe before and after a resume."""

@@ -88,7 +88,7 @@ def _final_checkpoint(run_id: str) -> dict[str, Any]:
     ckpts = sorted(f.path for f in client.list_artifacts(run_id, "checkpoints"))
     path = client.download_artifacts(run_id, ckpts[-1], str(Path.cwd() / f"dl-{run_id}"))
     state = torch.load(path, weights_only=True)
-    state.pop("recipe")  # the recipe as written vs as resolved: not training state
+    state.pop("recipe")  # not training state (a reference run may differ in train.progress)
     return state
 
 

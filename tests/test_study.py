@@ -297,6 +297,7 @@ def test_ctrl_c_stops_a_study_and_running_it_again_finishes_it(workdir):
     checkpoints in their own runs and end exactly as in an uninterrupted study: the same
     final checkpoint (weights, optimisers, RNG, recipe) and the same metrics."""
     import os
+    import re
     import signal
     import subprocess
     import sys
@@ -335,6 +336,13 @@ def test_ctrl_c_stops_a_study_and_running_it_again_finishes_it(workdir):
         assert s.info.status == "KILLED"
         assert [a.path for a in c.list_artifacts(s.info.run_id, "checkpoints")]
     killed = {s.info.run_id: s.data.tags["gan_pipe.seed"] for s in kind["seed"]}
+    dry = subprocess.run(
+        [*args, "--dry-run"], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    for rid, seed in killed.items():
+        assert re.search(rf"would resume: run {rid} from step \d+: tiny seed {seed}\b", dry.stderr)
+    assert dry.stderr.count("would run:") == 2  # the seeds that never started
 
     res = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
