@@ -9,8 +9,9 @@ are ordinary gan-pipe runs; a variant run carries the variant's params and, for 
 :mod:`gan_pipe.study_aggregate`).
 
 Running the same study again (same name in the same experiment) reuses its tree: seeds whose
-newest run FINISHED are skipped, failed, killed and missing ones are run, new seeds and new
-grid points are added. This module plans a study; :mod:`gan_pipe.study_exec` runs it.
+newest run FINISHED are skipped, killed ones with a checkpoint are resumed in their own run,
+failed, other killed and missing ones are run from step 0, new seeds and new grid points are
+added. This module plans a study; :mod:`gan_pipe.study_exec` runs it.
 """
 
 from __future__ import annotations

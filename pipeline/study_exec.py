@@ -10,6 +10,7 @@ by the study before any worker starts (an sqlite store's schema migration races 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ class SeedTask:
     tracking_uri: str
     threads: int
     progress: bool = False
+    resume_run_id: str | None = None  # a KILLED seed run to continue from its checkpoint
 
 
 @dataclass(frozen=True)
@@ -44,18 +46,39 @@ class SeedOutcome:
     status: str  # FINISHED, FAILED, KILLED
     run_id: str | None
     error: str = ""
+    note: str = ""  # how it ran: resumed, or why a resume was not possible
 
 
 def run_seed(task: SeedTask) -> SeedOutcome:
-    """Run one seed of one variant; never raises for a failed run (it is recorded FAILED)."""
+    """Run one seed of one variant; never raises for a failed run (it is recorded FAILED).
+
+    A task with ``resume_run_id`` continues that KILLED run from its newest checkpoint, in
+    place (as ``gan-pipe resume`` does); if the run cannot be resumed at all (no readable
+    checkpoint, its training already complete) the seed is trained again as a new run."""
     import torch
 
     from .host import PluginHost
-    from .recipe import load_recipe
-    from .runner import run
 
     os.environ["MLFLOW_TRACKING_URI"] = task.tracking_uri
     torch.set_num_threads(max(1, task.threads))
+    note = ""
+    try:
+        plugins = PluginHost.load()
+        if task.resume_run_id:
+            resumed, note = _resume_seed(task, plugins)
+            if resumed is not None:
+                return resumed
+        run_id = _fresh_seed(task, plugins)
+        return SeedOutcome(task.label, task.seed, "FINISHED", run_id, note=note)
+    except Exception as e:  # noqa: BLE001 - the run is marked FAILED; the study goes on
+        error = "".join(traceback.format_exception_only(type(e), e)).strip()
+        return SeedOutcome(task.label, task.seed, "FAILED", _failed_run_id(e), error, note)
+
+
+def _fresh_seed(task: SeedTask, plugins: Any) -> str:
+    """A new seed run from step 0; its run id."""
+    from .recipe import load_recipe
+    from .runner import run
     from .study import toml_value
 
     overrides = [
@@ -64,20 +87,61 @@ def run_seed(task: SeedTask) -> SeedOutcome:
         f"experiment.run_name={toml_value(f'{task.label} · seed {task.seed}')}",
         f"train.progress={toml_value(task.progress)}",
     ]
+    with tempfile.TemporaryDirectory(prefix="gan-pipe-seed-") as tmp:
+        path = Path(tmp) / task.recipe_name
+        path.write_text(task.recipe_text, encoding="utf-8")
+        resolved = load_recipe(path, plugins.registry, overrides)
+    resolved.source = task.recipe_source
+    result = run(resolved, plugins, parent_run_id=task.parent_run_id, extra_tags=dict(task.tags))
+    return result.run_id
+
+
+def _resume_seed(task: SeedTask, plugins: Any) -> tuple[SeedOutcome | None, str]:
+    """(outcome, "") once the KILLED run was resumed and FINISHED; (None, why) when it could
+    not be resumed and was left as it was, so the caller trains the seed again. A resumed run
+    that fails raises, like a fresh one."""
+    from .reevaluate import resume
+    from .study import toml_value
+
+    run_id = str(task.resume_run_id)
     try:
-        plugins = PluginHost.load()
-        with tempfile.TemporaryDirectory(prefix="gan-pipe-seed-") as tmp:
-            path = Path(tmp) / task.recipe_name
-            path.write_text(task.recipe_text, encoding="utf-8")
-            resolved = load_recipe(path, plugins.registry, overrides)
-        resolved.source = task.recipe_source
-        result = run(
-            resolved, plugins, parent_run_id=task.parent_run_id, extra_tags=dict(task.tags)
-        )
-        return SeedOutcome(task.label, task.seed, "FINISHED", result.run_id)
-    except Exception as e:  # noqa: BLE001 - the run is marked FAILED; the study goes on
-        note = "".join(traceback.format_exception_only(type(e), e)).strip()
-        return SeedOutcome(task.label, task.seed, "FAILED", _failed_run_id(e), note)
+        resume(run_id, plugins, overrides=[f"train.progress={toml_value(task.progress)}"])
+    except UserError as e:
+        if not _left_as_it_was(run_id):  # reopened: the resumed training itself failed
+            raise
+        why = str(e).splitlines()[0][:300]
+        return None, f"run {run_id} could not be resumed ({why}): trained again from step 0"
+    return SeedOutcome(task.label, task.seed, "FINISHED", run_id, note="resumed"), ""
+
+
+def _left_as_it_was(run_id: str) -> bool:
+    """True when a refused resume left the run KILLED and no other process writes it (one
+    that won the claim to it is resuming it: the seed must not be trained twice)."""
+    from .liveness import liveness
+    from .tracking import client
+
+    run = client()[0].get_run(run_id)
+    return run.info.status == "KILLED" and not liveness(run).alive
+
+
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)\.pt$")
+
+
+def resume_points(client: Any, runs: dict[Any, Any]) -> dict[Any, tuple[str, int]]:
+    """key -> (run id, step of its newest checkpoint) for the seed runs a re-run of a study
+    resumes: KILLED (Ctrl-C, SIGTERM, ``gan-pipe runs --mark-killed``) or RUNNING (left by a
+    study that was itself killed; it marks them KILLED before it starts) with a checkpoint.
+    FAILED runs are not resumed: a divergence would recur exactly, and a crash may have been
+    fixed in code the checkpoint does not capture, so they are trained again from step 0."""
+    out = {}
+    for key, r in runs.items():
+        if r.info.status not in ("KILLED", "RUNNING"):
+            continue
+        names = [f.path for f in client.list_artifacts(r.info.run_id, "checkpoints")]
+        steps = [int(m[1]) for n in names if (m := _CHECKPOINT.search(n))]
+        if steps:
+            out[key] = (r.info.run_id, max(steps))
+    return out
 
 
 def _failed_run_id(e: BaseException) -> str | None:

@@ -35,7 +35,7 @@ from .study import (
     plan_variants,
 )
 from .study_aggregate import all_runs, log_variant
-from .study_exec import SeedOutcome, SeedTask, engine, threads_per_job
+from .study_exec import SeedOutcome, SeedTask, engine, resume_points, threads_per_job
 
 DONE = "FINISHED"
 
@@ -192,6 +192,7 @@ def seed_tasks(
     todo: list[tuple[Variant, int]],
     uri: str,
     opts: Options,
+    resumes: dict[tuple[str, int], tuple[str, int]] | None = None,
 ) -> list[SeedTask]:
     threads = threads_per_job(opts.jobs) if opts.executor == "local" else int(opts.cpus_per_run)
     tasks = []
@@ -217,6 +218,7 @@ def seed_tasks(
                 tracking_uri=uri,
                 threads=max(1, threads),
                 progress=opts.progress and opts.jobs == 1 and opts.executor == "local",
+                resume_run_id=(resumes or {}).get((v.key, seed), (None, 0))[0],
             )
         )
     return tasks
@@ -255,12 +257,13 @@ def _run_locked(spec, variants, client, uri, experiment, exp_id, opts, echo) -> 
     variant_ids = {k: r.info.run_id for k, r in vruns.items()}
     newest = newest_seed_runs(client, exp_id, parent_id)
     todo = _todo(spec, variants, newest)
+    resumes = _resumes(client, newest, todo)
     skipped = len(variants) * len(spec.seeds) - len(todo)
-    echo(_plan_line(spec, experiment, variants, skipped, todo))
+    echo(_plan_line(spec, experiment, variants, skipped, todo, resumes))
     for (key, _seed), r in newest.items():  # a RUNNING seed run here was left by a killed study
         if r.info.status == "RUNNING" and key in variant_ids:
             client.set_terminated(r.info.run_id, status="KILLED")
-    tasks = seed_tasks(spec, variants, variant_ids, parent_id, todo, uri, opts)
+    tasks = seed_tasks(spec, variants, variant_ids, parent_id, todo, uri, opts, resumes)
     try:
         _follow(run(tasks), len(tasks), echo)
     except KeyboardInterrupt:
@@ -288,10 +291,14 @@ def _dry_run(spec, variants, client, uri, experiment, exp_id, echo) -> StudyResu
     parent_id = max(found, key=lambda r: r.info.start_time or 0).info.run_id if found else ""
     newest = newest_seed_runs(client, exp_id, parent_id) if parent_id else {}
     todo = _todo(spec, variants, newest)
+    resumes = _resumes(client, newest, todo)
     skipped = len(variants) * len(spec.seeds) - len(todo)
-    echo(_plan_line(spec, experiment, variants, skipped, todo) + " (dry run: no run is written)")
+    plan = _plan_line(spec, experiment, variants, skipped, todo, resumes)
+    echo(plan + " (dry run: no run is written)")
     for v, s in todo:
-        echo(f"  would run: {v.label} seed {s}")
+        run_id, step = resumes.get((v.key, s), (None, 0))
+        how = f"would resume: run {run_id} from step {step}:" if run_id else "would run:"
+        echo(f"  {how} {v.label} seed {s}")
     return _result(spec, parent_id, experiment, exp_id or "", uri, [], Counter(), skipped, 0)
 
 
@@ -299,11 +306,20 @@ def _todo(spec: StudySpec, variants: list[Variant], newest: dict) -> list[tuple[
     return [(v, s) for v in variants for s in spec.seeds if _status(newest, v, s) != DONE]
 
 
-def _plan_line(spec, experiment, variants, skipped, todo) -> str:
-    return (
+def _resumes(client: Any, newest: dict, todo: list[tuple[Variant, int]]) -> dict:
+    """(variant key, seed) -> (run id, checkpoint step) of the killed seed runs to resume:
+    not those whose checkpoint is of the last step (killed while evaluating; run again)."""
+    total = {(v.key, s): v.resolved.recipe.train.steps for v, s in todo}
+    points = resume_points(client, {k: r for k, r in newest.items() if k in total})
+    return {k: p for k, p in points.items() if total[k] is None or p[1] < total[k]}
+
+
+def _plan_line(spec, experiment, variants, skipped, todo, resumes) -> str:
+    line = (
         f"study {spec.name!r} in experiment {experiment!r}: {len(variants)} variant(s) x "
         f"{len(spec.seeds)} seed(s); {skipped} finished before, {len(todo)} to run"
     )
+    return line + (f" ({len(resumes)} resumed from a checkpoint)" if resumes else "")
 
 
 def _status(newest: dict, v: Variant, seed: int) -> str | None:
@@ -319,6 +335,8 @@ def _follow(outcomes: Iterator[SeedOutcome], total: int, echo: Callable[[str], N
         line = f"[{i}/{total} {took:.0f}s{eta}] {o.label} seed {o.seed}: {o.status}"
         if o.run_id:
             line += f" (run {o.run_id})"
+        if o.note:
+            line += f" - {o.note}"
         if o.error:
             line += f" - {o.error.splitlines()[-1][:300]}"
         echo(line)

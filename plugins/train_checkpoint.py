@@ -41,8 +41,17 @@ class CheckpointState:
     def checkpoint_state(self, step: int) -> dict[str, Any]:
         state = {"step": step, **self._training_state()}
         state["sampler_perm"] = self.sampler._perm.cpu()
-        state["recipe"] = self.ctx.recipe.model_dump(mode="json")
+        state["recipe"] = self._resolved_recipe()
         return state
+
+    def _resolved_recipe(self) -> dict[str, Any]:
+        """The recipe with every default filled in, component params included: the same form
+        as the run's ``recipe/resolved.json``, which is what ``gan-pipe resume`` runs, so a
+        run's checkpoints hold the same recipe before and after a resume."""
+        from gan_pipe.recipe import ResolvedRecipe
+
+        ctx = self.ctx
+        return ResolvedRecipe(ctx.recipe, "", "", ctx.components, ctx.params).to_dict()
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Continue exactly where a checkpoint left off: nets, optimisers, schedules, batch

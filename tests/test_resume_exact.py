@@ -88,7 +88,7 @@ def _final_checkpoint(run_id: str) -> dict[str, Any]:
     ckpts = sorted(f.path for f in client.list_artifacts(run_id, "checkpoints"))
     path = client.download_artifacts(run_id, ckpts[-1], str(Path.cwd() / f"dl-{run_id}"))
     state = torch.load(path, weights_only=True)
-    state.pop("recipe")  # the recipe as written vs as resolved: not training state
+    state.pop("recipe")  # not training state (a reference run may differ in train.progress)
     return state
 
 
@@ -378,3 +378,65 @@ def test_a_resumed_run_plots_its_whole_history(recipe, monkeypatch):
     steps = [s for s, _ in seen["train/d_loss"]]
     assert steps == [3, 6, 9, 12, 15, 18]
     assert {s: v for s, v in seen["train/d_loss"] if s <= 12} == pytest.approx(first)
+
+
+# ------------------------------------------------------------------ what a resume records
+def _checkpoints(run_id: str) -> dict[int, dict[str, Any]]:
+    """step -> checkpoint, every checkpoint of the run."""
+    client, out = _client(), {}
+    for f in client.list_artifacts(run_id, "checkpoints"):
+        path = client.download_artifacts(run_id, f.path, str(Path.cwd() / f"all-{run_id}"))
+        state = torch.load(path, weights_only=True)
+        out[int(state["step"])] = state
+    return out
+
+
+def test_checkpoints_hold_the_same_recipe_form_before_and_after_a_resume(recipe):
+    """Every checkpoint holds the recipe as recipe/resolved.json does (every default filled
+    in, component params included), in the first attempt as after a resume; only what the
+    resume changed (train.steps) differs."""
+    import json
+
+    res = runner.invoke(app, ["run", str(recipe), "--set", "train.steps=12"])
+    assert res.exit_code == 0, res.output
+    run_id = _run_id(res.output)
+    res = runner.invoke(app, ["resume", run_id, "--steps", "18"])
+    assert res.exit_code == 0, res.output
+    path = _client().download_artifacts(run_id, "recipe/resolved.json", ".")
+    resolved = json.loads(Path(path).read_text())
+    assert resolved["data"]["params"]["n_train"] == 512  # written in the recipe ...
+    assert len(resolved["data"]["params"]) > 3  # ... and defaults the recipe does not write
+    ckpts = _checkpoints(run_id)
+    assert sorted(ckpts) == [5, 10, 12, 15, 18]
+    for step, state in ckpts.items():
+        expected = json.loads(json.dumps(resolved))
+        expected["train"]["steps"] = 12 if step <= 12 else 18
+        assert state["recipe"] == expected, f"checkpoint of step {step}"
+
+
+def test_perf_of_a_resumed_run_covers_the_resumed_part(recipe):
+    """perf/* of a resumed run measure the process that resumed it: steps_per_s x
+    train_time_s is the number of steps it trained (total - gan_pipe.resumed_from_step), and
+    samples_per_s = steps_per_s x batch_size x n_critic. The first part's figures stay in the
+    metric's history at the step it ended."""
+    res = runner.invoke(app, ["run", str(recipe), "--set", "train.steps=12"])
+    assert res.exit_code == 0, res.output
+    run_id = _run_id(res.output)
+    res = runner.invoke(app, ["resume", run_id, "--steps", "18"])
+    assert res.exit_code == 0, res.output
+    client = _client()
+    run = client.get_run(run_id)
+    assert run.data.tags["gan_pipe.resumed_from_step"] == "12"
+
+    def covered(step: int) -> float:
+        values = {}
+        for key in ("perf/steps_per_s", "perf/train_time_s", "perf/samples_per_s"):
+            (m,) = [m for m in client.get_metric_history(run_id, key) if m.step == step]
+            values[key] = m.value
+        assert values["perf/samples_per_s"] == pytest.approx(values["perf/steps_per_s"] * 128)
+        return values["perf/steps_per_s"] * values["perf/train_time_s"]
+
+    assert covered(12) == pytest.approx(12, rel=1e-9)  # the first attempt: steps 0-12
+    assert covered(18) == pytest.approx(6, rel=1e-9)  # the resume: steps 12-18 only
+    m = run.data.metrics  # the run's latest values are the resumed part's
+    assert m["perf/steps_per_s"] * m["perf/train_time_s"] == pytest.approx(6, rel=1e-9)

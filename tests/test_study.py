@@ -15,6 +15,7 @@ from gan_pipe.errors import RecipeError
 from gan_pipe.study import parse_grid_item, parse_seeds
 
 from .conftest import write
+from .test_resume_exact import assert_same_state
 
 runner = CliRunner()
 
@@ -292,8 +293,11 @@ def test_seed_runs_that_never_started_are_missing_and_fail_the_sweep(workdir, mo
 def test_ctrl_c_stops_a_study_and_running_it_again_finishes_it(workdir):
     """Ctrl-C in a terminal reaches the whole process group: the seeds under way end KILLED
     with a checkpoint, no queued seed starts, the study is KILLED; the same sweep again runs
-    what did not finish and ends FINISHED."""
+    what did not finish and ends FINISHED. The killed seeds are resumed from their
+    checkpoints in their own runs and end exactly as in an uninterrupted study: the same
+    final checkpoint (weights, optimisers, RNG, recipe) and the same metrics."""
     import os
+    import re
     import signal
     import subprocess
     import sys
@@ -331,10 +335,137 @@ def test_ctrl_c_stops_a_study_and_running_it_again_finishes_it(workdir):
     for s in kind["seed"]:
         assert s.info.status == "KILLED"
         assert [a.path for a in c.list_artifacts(s.info.run_id, "checkpoints")]
+    killed = {s.info.run_id: s.data.tags["gan_pipe.seed"] for s in kind["seed"]}
+    dry = subprocess.run(
+        [*args, "--dry-run"], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    for rid, seed in killed.items():
+        assert re.search(rf"would resume: run {rid} from step \d+: tiny seed {seed}\b", dry.stderr)
+    assert dry.stderr.count("would run:") == 2  # the seeds that never started
 
     res = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "0 finished before, 4 to run" in res.stderr
+    assert "0 finished before, 4 to run (2 resumed from a checkpoint)" in res.stderr
     c, kind = _tree(workdir)
     assert kind["study"][0].info.status == "FINISHED"
-    assert sum(s.info.status == "FINISHED" for s in kind["seed"]) == 4
+    assert len(kind["seed"]) == 4  # the killed seeds went on in their own runs
+    assert all(s.info.status == "FINISHED" for s in kind["seed"])
+    resumed = {s.info.run_id: s for s in kind["seed"] if s.info.run_id in killed}
+    assert set(resumed) == set(killed)
+    for rid, s in resumed.items():
+        assert f"(run {rid}) - resumed" in res.stderr
+        start = int(s.data.tags["gan_pipe.resumed_from_step"])
+        assert 0 < start < 4000
+        # perf/* cover the part the re-run trained
+        m = s.data.metrics
+        assert m["perf/steps_per_s"] * m["perf/train_time_s"] == pytest.approx(4000 - start)
+
+    # an uninterrupted study of the killed seeds ends exactly where the resumed runs did
+    seeds = ",".join(sorted(killed.values()))
+    ref = [*args[:3], "--seeds", seeds, "--jobs", "2", "--name", "straight"]
+    out = subprocess.run(ref, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    c, kind = _tree(workdir)
+    straight = {
+        s.data.tags["gan_pipe.seed"]: s
+        for s in kind["seed"]
+        if s.data.tags["gan_pipe.study"] == "straight"
+    }
+    assert sorted(straight) == sorted(killed.values())
+    for rid, s in resumed.items():
+        twin = straight[killed[rid]]
+        assert_same_state(_final_state(c, twin.info.run_id), _final_state(c, rid))
+        assert _results(s) and _results(s) == _results(twin)
+
+
+def _results(run):
+    return {k: v for k, v in run.data.metrics.items() if k.startswith(("eval/", "train/"))}
+
+
+def _final_state(client, run_id):
+    """The run's newest checkpoint, recipe included."""
+    import tempfile
+
+    import torch
+
+    names = sorted(f.path for f in client.list_artifacts(run_id, "checkpoints"))
+    with tempfile.TemporaryDirectory() as tmp:
+        return torch.load(client.download_artifacts(run_id, names[-1], tmp), weights_only=True)
+
+
+def test_resume_points_are_killed_or_abandoned_runs_with_a_checkpoint():
+    """A re-run resumes KILLED seed runs, and RUNNING ones (left by a killed sweep), from
+    their newest checkpoint; FAILED ones and runs with no checkpoint are trained again."""
+    from types import SimpleNamespace as NS
+
+    from gan_pipe.study_exec import resume_points
+
+    files = {
+        "k": ["checkpoints/checkpoint-0000040.pt", "checkpoints/checkpoint-0000120.pt"],
+        "r": ["checkpoints/checkpoint-0000007.pt"],
+        "f": ["checkpoints/checkpoint-0000050.pt"],
+        "d": ["checkpoints/checkpoint-0000300.pt"],
+        "n": [],
+        "odd": ["checkpoints/notes.txt"],
+    }
+    status = {"k": "KILLED", "r": "RUNNING", "f": "FAILED", "d": "FINISHED"}
+    status |= {"n": "KILLED", "odd": "KILLED"}
+
+    class Client:
+        def list_artifacts(self, run_id, path):
+            assert path == "checkpoints"
+            return [NS(path=p) for p in files[run_id]]
+
+    runs = {(rid, 0): NS(info=NS(run_id=rid, status=s)) for rid, s in status.items()}
+    assert resume_points(Client(), runs) == {("k", 0): ("k", 120), ("r", 0): ("r", 7)}
+
+
+@pytest.mark.slow
+def test_a_killed_seed_that_cannot_be_resumed_is_run_again(workdir, monkeypatch):
+    """Killed with its training complete (a checkpoint of the last step, e.g. while
+    evaluating), a seed is run again from step 0 as a new run; a resume the worker finds
+    impossible falls back to the same, saying why; one refused because another process
+    writes the run is recorded FAILED, not trained a second time."""
+    from gan_pipe import sweep
+
+    path = write(workdir / "tiny.toml", TINY)
+    args = ["sweep", str(path), "--seeds", "1", "--name", "again"]
+    assert runner.invoke(app, args).exit_code == 0
+    c, kind = _tree(workdir)
+    (first,) = kind["seed"]
+    c.set_terminated(first.info.run_id, status="KILLED")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "0 finished before, 1 to run" in res.output and "resumed" not in res.output
+    c, kind = _tree(workdir)
+    assert sorted(s.info.status for s in kind["seed"]) == ["FINISHED", "KILLED"]
+
+    (second,) = [s for s in kind["seed"] if s.info.status == "FINISHED"]
+    c.set_terminated(second.info.run_id, status="KILLED")
+    planned = {(kind["variant"][0].data.tags["gan_pipe.variant_key"], 0): (second.info.run_id, 12)}
+    monkeypatch.setattr(sweep, "_resumes", lambda *a: planned)  # planned despite its step
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "(1 resumed from a checkpoint)" in res.output
+    assert (
+        f"run {second.info.run_id} could not be resumed (run {second.info.run_id} has "
+        "trained 12 steps" in res.output
+    )
+    assert "trained again from step 0" in res.output
+    c, kind = _tree(workdir)
+    assert sorted(s.info.status for s in kind["seed"]) == ["FINISHED", "KILLED", "KILLED"]
+
+    # a run that another process writes (here: this one, beating) is not trained twice
+    from gan_pipe.liveness import identity
+
+    (third,) = [s for s in kind["seed"] if s.info.status == "FINISHED"]
+    c.set_terminated(third.info.run_id, status="KILLED")
+    for key, value in identity().items():
+        c.set_tag(third.info.run_id, key, value)
+    planned[next(iter(planned))] = (third.info.run_id, 12)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert "FAILED" in res.output and "trained again" not in res.output
+    c, kind = _tree(workdir)
+    assert sorted(s.info.status for s in kind["seed"]) == ["KILLED"] * 3
