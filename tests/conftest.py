@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
+
+
+def pytest_configure(config):
+    """The Ctrl-C tests need SIGINT delivered. A shell starts background jobs (``make test &``,
+    a CI runner's detached job) with SIGINT ignored, and gan-pipe, like every POSIX program,
+    leaves an inherited "ignore" alone; the tests then saw no Ctrl-C at all. Restore Python's
+    handler here: runs in this process get it, and subprocesses start with the default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
